@@ -1,0 +1,317 @@
+//! One instance's task: create it, wait for readiness, watch it while it serves, release it
+//! when idle, drained, cancelled or dead. Every path ends in exactly one provider release.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::error::{ErrorCode, GatewayError};
+use crate::instance_id::InstanceId;
+use crate::lifecycle::{InstanceState, LifecycleEvent};
+use crate::provider::{ExitReport, InstanceSpec};
+
+use super::{ControllerEvent, Inner, state::cost};
+
+/// Extra time granted on top of the start timeout before the controller gives up on a
+/// provider that does not enforce it itself.
+const START_GRACE: Duration = Duration::from_secs(5);
+/// Attempts to release an instance at the provider before giving up (and logging a leak).
+const RELEASE_ATTEMPTS: u32 = 5;
+
+pub(super) async fn run(inner: Arc<Inner>, id: InstanceId, spec: InstanceSpec) {
+    if start(&inner, id, spec).await {
+        serve(&inner, id).await;
+    }
+    release(&inner, id).await;
+}
+
+/// Creates the instance and waits for it to be ready. Returns whether it is ready; if not,
+/// it has been failed (waiters told) or cancelled, and the caller releases it.
+async fn start(inner: &Arc<Inner>, id: InstanceId, spec: InstanceSpec) -> bool {
+    let began = Instant::now();
+    let start_timeout = spec.start_timeout;
+    let deployment = spec.deployment.clone();
+    // The create call is not cancelled midway: a provider interrupted between spawning and
+    // recording an instance could leak it. It is bounded by the start timeout instead.
+    let endpoint = match timeout(start_timeout + START_GRACE, inner.provider.create(spec)).await {
+        Ok(Ok(endpoint)) => endpoint,
+        Ok(Err(err)) => {
+            fail_start(inner, id, err.into());
+            return false;
+        }
+        Err(_) => {
+            fail_start(inner, id, timed_out(start_timeout, "provider create call"));
+            return false;
+        }
+    };
+    let created = Instant::now();
+    let wake = {
+        let mut st = inner.state.lock();
+        let Some(inst) = st.instances.get_mut(&id) else {
+            return false;
+        };
+        inst.endpoint = Some(Arc::new(endpoint));
+        let wake = inst.wake.clone();
+        if let Err(err) = st.transition(id, LifecycleEvent::Created) {
+            tracing::error!(%err, "instance transition refused");
+            return false;
+        }
+        wake
+    };
+    let remaining = start_timeout.saturating_sub(began.elapsed()) + START_GRACE;
+    let ready = inner.provider.wait_ready(id);
+    tokio::pin!(ready);
+    let deadline = tokio::time::sleep(remaining);
+    tokio::pin!(deadline);
+    loop {
+        if cancel_requested(inner, id) {
+            return false;
+        }
+        tokio::select! {
+            result = &mut ready => {
+                if let Err(err) = result {
+                    fail_start(inner, id, err.into());
+                    return false;
+                }
+                break;
+            }
+            () = &mut deadline => {
+                fail_start(inner, id, timed_out(start_timeout, "readiness"));
+                return false;
+            }
+            () = wake.notified() => {}
+        }
+    }
+    let now = Instant::now();
+    {
+        let mut st = inner.state.lock();
+        if st.instances.get(&id).is_none_or(|i| i.cancel) {
+            return false;
+        }
+        if let Err(err) = st.transition(id, LifecycleEvent::BecameReady) {
+            tracing::error!(%err, "instance transition refused");
+            return false;
+        }
+        st.consecutive_failures = 0;
+        let reserved = st.instances.get_mut(&id).and_then(|i| {
+            i.ready_at = Some(now);
+            i.last_activity = now;
+            i.reserved.take()
+        });
+        if let Some(reply) = reserved
+            && let Some(lease) = inner.lease_now(&mut st, id)
+        {
+            inner.hand_over(&mut st, reply, lease);
+        }
+        inner.rebalance(&mut st);
+    }
+    tracing::info!(deployment, instance = %id, ready_after = ?now - began, "instance ready");
+    inner.events.on_event(
+        &deployment,
+        &ControllerEvent::Ready {
+            instance: id,
+            create: created - began,
+            boot: now - created,
+        },
+    );
+    true
+}
+
+fn timed_out(after: Duration, what: &str) -> GatewayError {
+    GatewayError::with_detail(
+        ErrorCode::InstanceStartTimedOut,
+        format!("{what} did not finish within {after:?}"),
+    )
+}
+
+fn cancel_requested(inner: &Inner, id: InstanceId) -> bool {
+    let st = inner.state.lock();
+    st.instances.get(&id).is_none_or(|i| i.cancel)
+}
+
+/// Marks a start failed and tells whoever waits for it at once: the `scale-out` request it
+/// was started for, and the queue when nothing else can serve it.
+fn fail_start(inner: &Arc<Inner>, id: InstanceId, error: GatewayError) {
+    tracing::warn!(instance = %id, %error, "instance failed to start");
+    let deployment = inner.deployment();
+    {
+        let mut st = inner.state.lock();
+        if let Err(err) = st.transition(id, LifecycleEvent::Fail) {
+            tracing::error!(%err, "instance transition refused");
+        }
+        st.consecutive_failures = st.consecutive_failures.saturating_add(1);
+        if let Some(inst) = st.instances.get_mut(&id) {
+            inst.error = Some(error.msg.to_string());
+            if let Some(reply) = inst.reserved.take() {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        let others_starting = st
+            .instances
+            .iter()
+            .any(|(other, i)| *other != id && i.state.is_starting());
+        if st.view.ready().is_empty() && !others_starting {
+            for w in st.waiters.drain(..) {
+                let _ = w.reply.send(Err(error.clone()));
+            }
+        }
+        st.recount();
+    }
+    inner.events.on_event(
+        &deployment,
+        &ControllerEvent::StartFailed {
+            instance: id,
+            error,
+        },
+    );
+}
+
+/// What the serving loop does next.
+enum Step {
+    /// Idle: sleep until the retention period would end.
+    SleepUntil(Instant),
+    /// Requests in flight, or waiting for a drain: wait to be woken.
+    Wait,
+    /// Leave the loop and release.
+    Release,
+}
+
+/// Watches a ready instance until it must be released: idle for the retention period with
+/// nothing in flight, drained, or dead.
+async fn serve(inner: &Arc<Inner>, id: InstanceId) {
+    let Some(wake) = inner
+        .state
+        .lock()
+        .instances
+        .get(&id)
+        .map(|i| i.wake.clone())
+    else {
+        return;
+    };
+    let exit = inner.provider.wait_exit(id);
+    tokio::pin!(exit);
+    loop {
+        let step = next_step(inner, id);
+        let report = match step {
+            Step::Release => return,
+            Step::SleepUntil(deadline) => tokio::select! {
+                () = sleep_until(deadline) => continue,
+                () = wake.notified() => continue,
+                report = &mut exit => report,
+            },
+            Step::Wait => tokio::select! {
+                () = wake.notified() => continue,
+                report = &mut exit => report,
+            },
+        };
+        died(inner, id, report);
+        return;
+    }
+}
+
+fn next_step(inner: &Inner, id: InstanceId) -> Step {
+    let config = inner.config();
+    let now = Instant::now();
+    let mut st = inner.state.lock();
+    let ready_count = st.view.ready().len() as u32;
+    let force = st.force_release;
+    let Some(inst) = st.instances.get(&id) else {
+        return Step::Release;
+    };
+    match inst.state {
+        InstanceState::Ready if inst.in_flight > 0 => Step::Wait,
+        InstanceState::Ready => {
+            let deadline = inst.last_activity + config.idle_retention;
+            if now < deadline {
+                Step::SleepUntil(deadline)
+            } else if ready_count <= config.min_instances && !st.closed {
+                // Part of the warm pool: keep it, look again one period later.
+                Step::SleepUntil(now + config.idle_retention)
+            } else {
+                tracing::info!(instance = %id, idle = ?now - inst.last_activity, "releasing idle instance");
+                let _ = st.transition(id, LifecycleEvent::Release);
+                st.recount();
+                Step::Release
+            }
+        }
+        InstanceState::Draining if inst.in_flight > 0 && !force => Step::Wait,
+        _ => Step::Release,
+    }
+}
+
+fn died(inner: &Arc<Inner>, id: InstanceId, report: ExitReport) {
+    tracing::warn!(instance = %id, reason = %report.reason, "instance died");
+    {
+        let mut st = inner.state.lock();
+        let _ = st.transition(id, LifecycleEvent::Fail);
+        if let Some(inst) = st.instances.get_mut(&id) {
+            inst.error = Some(report.reason.clone());
+        }
+        st.recount();
+    }
+    inner.events.on_event(
+        &inner.deployment(),
+        &ControllerEvent::Died {
+            instance: id,
+            report,
+        },
+    );
+}
+
+/// Releases the instance at the provider (retrying with backoff), then forgets it and
+/// restores the controller's invariants.
+async fn release(inner: &Arc<Inner>, id: InstanceId) {
+    {
+        let mut st = inner.state.lock();
+        let state = st.instances.get(&id).map(|i| i.state);
+        if state.is_some_and(|s| s != InstanceState::Releasing)
+            && let Err(err) = st.transition(id, LifecycleEvent::Release)
+        {
+            tracing::error!(%err, "instance transition refused");
+        }
+        if let Some(reply) = st.instances.get_mut(&id).and_then(|i| i.reserved.take()) {
+            let _ = reply.send(Err(ErrorCode::ShuttingDown.into()));
+        }
+        st.recount();
+    }
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1..=RELEASE_ATTEMPTS {
+        match inner.provider.release(id).await {
+            Ok(()) => break,
+            Err(err) if attempt == RELEASE_ATTEMPTS => {
+                tracing::error!(instance = %id, %err, "release failed; the instance may be leaked");
+            }
+            Err(err) => {
+                tracing::warn!(instance = %id, %err, attempt, "release failed, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 4;
+            }
+        }
+    }
+    let now = Instant::now();
+    let released = {
+        let mut st = inner.state.lock();
+        let _ = st.transition(id, LifecycleEvent::Released);
+        let released = st.instances.remove(&id).map(|inst| {
+            let lifetime = now.saturating_duration_since(inst.created_at);
+            (lifetime, cost(inst.price_per_hour, lifetime))
+        });
+        if let Some((_, spent)) = released {
+            st.released_cost += spent;
+            st.released_count += 1;
+        }
+        inner.rebalance(&mut st);
+        released
+    };
+    if let Some((lifetime, cost)) = released {
+        inner.events.on_event(
+            &inner.deployment(),
+            &ControllerEvent::Released {
+                instance: id,
+                lifetime,
+                cost,
+            },
+        );
+    }
+}

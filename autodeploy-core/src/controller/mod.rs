@@ -1,0 +1,574 @@
+//! The per-deployment controller: the runtime state behind one link.
+//!
+//! It holds the deployment's instances, starts them (single-flight on cold start), queues
+//! requests waiting for capacity, hands out [`Lease`]s, releases idle instances, keeps the
+//! warm pool and adds up cost. It makes no HTTP calls: routing decides *where* through a
+//! closure over a [`RouteView`], the proxy forwards, the provider creates and releases.
+
+mod events;
+mod instance;
+mod lease;
+mod state;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::config::{DeployConfig, ValidationErrors};
+use crate::error::{ErrorCode, GatewayError};
+use crate::instance_id::InstanceId;
+use crate::lifecycle::{DeploymentStatus, InstanceState, LifecycleEvent};
+use crate::provider::{Endpoint, GpuProvider, InstanceSpec, LABEL_OWNER, ProviderError};
+use crate::route::{RouteView, Target};
+
+pub use events::{ControllerEvent, EventSink, NoEvents};
+pub use lease::Lease;
+pub use state::cost;
+use state::{Instance, Reply, State, Waiter};
+
+/// The runtime state behind one deployment. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    provider: Arc<dyn GpuProvider>,
+    config: RwLock<Arc<DeployConfig>>,
+    state: Mutex<State>,
+    events: Arc<dyn EventSink>,
+    owner: String,
+    live_tx: watch::Sender<usize>,
+}
+
+/// What the management API shows of one instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceInfo {
+    /// Its id.
+    pub id: InstanceId,
+    /// Its lifecycle state.
+    pub state: InstanceState,
+    /// Where it serves, once created.
+    pub endpoint: Option<Endpoint>,
+    /// Time since creation.
+    #[serde(serialize_with = "as_secs")]
+    pub age: Duration,
+    /// Time from creation to ready, once ready.
+    #[serde(serialize_with = "opt_as_secs")]
+    pub ready_after: Option<Duration>,
+    /// Time since its last request ended (or since it became ready).
+    #[serde(serialize_with = "as_secs")]
+    pub idle_for: Duration,
+    /// Requests it is serving now.
+    pub in_flight: u32,
+    /// Requests it has finished.
+    pub served: u64,
+    /// What it has cost so far.
+    pub cost: f64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn opt_as_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Controller {
+    /// A controller for `config` creating instances at `provider`. Validates the config and,
+    /// when `min_instances > 0`, starts the warm pool (so it must run inside a tokio runtime).
+    pub fn new(
+        config: DeployConfig,
+        provider: Arc<dyn GpuProvider>,
+    ) -> Result<Self, ValidationErrors> {
+        Self::builder(config, provider).build()
+    }
+
+    /// A builder for the less common settings (event sink, owner label).
+    pub fn builder(config: DeployConfig, provider: Arc<dyn GpuProvider>) -> ControllerBuilder {
+        ControllerBuilder {
+            config,
+            provider,
+            events: Arc::new(NoEvents),
+            owner: "autodeploy".to_owned(),
+        }
+    }
+
+    /// The deployment's id.
+    pub fn id(&self) -> String {
+        self.inner.config.read().id.clone()
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Arc<DeployConfig> {
+        self.inner.config()
+    }
+
+    /// The provider instances are created at.
+    pub fn provider(&self) -> &Arc<dyn GpuProvider> {
+        &self.inner.provider
+    }
+
+    /// Replaces the configuration. Instances already running keep their command and price;
+    /// the cap, retention, limits and queue settings apply at once, and the warm pool is
+    /// topped up. The id cannot change.
+    pub fn update_config(&self, config: DeployConfig) -> Result<(), ValidationErrors> {
+        config.validate()?;
+        let current_id = self.id();
+        if config.id != current_id {
+            return Err(ValidationErrors(vec![crate::config::FieldError {
+                field: "id".into(),
+                message: format!("cannot change the id of deployment {current_id:?}"),
+            }]));
+        }
+        let (max, limit) = (config.max_instances, config.concurrency_limit);
+        *self.inner.config.write() = Arc::new(config);
+        let mut st = self.inner.state.lock();
+        st.view.set_limits(max, limit);
+        for inst in st.instances.values() {
+            inst.wake.notify_one();
+        }
+        self.inner.rebalance(&mut st);
+        Ok(())
+    }
+
+    /// Routes one request: `decide` sees a consistent [`RouteView`] under the controller's
+    /// lock and returns a [`Target`]. Resolves to a lease on a ready instance, at once or
+    /// after waiting (bounded by the queue's wait timeout), or to the error to answer with.
+    pub async fn acquire<F>(&self, decide: F) -> Result<Lease, GatewayError>
+    where
+        F: FnOnce(&RouteView) -> Target,
+    {
+        let arrived = Instant::now();
+        let wait_timeout = self.inner.config.read().queue.timeout;
+        let reply = {
+            let mut st = self.inner.state.lock();
+            if st.closed {
+                return Err(ErrorCode::ShuttingDown.into());
+            }
+            match decide(&st.view) {
+                Target::Instance(id) => {
+                    return self
+                        .inner
+                        .lease_now(&mut st, id)
+                        .ok_or_else(|| ErrorCode::RouteTargetNotFound.into());
+                }
+                Target::Reject(code) => return Err(code.into()),
+                Target::ScaleOut => {
+                    if !st.view.has_room() {
+                        return Err(ErrorCode::ReplicaQuotaExceeded.into());
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    self.inner.start_instance(&mut st, Some(tx));
+                    rx
+                }
+                Target::Queue { start_instance } => {
+                    let max_waiting = self.inner.config.read().queue.max_waiting;
+                    if st.waiters.len() >= max_waiting {
+                        st.purge_waiters();
+                    }
+                    if st.waiters.len() >= max_waiting {
+                        return Err(GatewayError::with_detail(
+                            ErrorCode::QueueFull,
+                            format!("{max_waiting} requests are already waiting"),
+                        ));
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.push_back(Waiter { reply: tx });
+                    if start_instance && st.view.has_room() {
+                        self.inner.start_instance(&mut st, None);
+                    }
+                    // A freed slot may already be there (the view was decided on just now).
+                    self.inner.dispatch(&mut st);
+                    st.recount();
+                    rx
+                }
+            }
+        };
+        match tokio::time::timeout(wait_timeout, reply).await {
+            Ok(Ok(Ok(mut lease))) => {
+                lease.waited = Some(arrived.elapsed());
+                Ok(lease)
+            }
+            Ok(Ok(Err(err))) => Err(err),
+            Ok(Err(_)) => Err(GatewayError::with_detail(
+                ErrorCode::InstanceStartFailed,
+                "the instance went away before it could serve",
+            )),
+            Err(_) => Err(GatewayError::with_detail(
+                ErrorCode::QueueTimedOut,
+                format!("no instance was free within {wait_timeout:?}"),
+            )),
+        }
+    }
+
+    /// A copy of the routing view (for tests and diagnostics; routing runs inside `acquire`).
+    pub fn view(&self) -> RouteView {
+        self.inner.state.lock().view.clone()
+    }
+
+    /// The deployment's status, derived from its instances.
+    pub fn status(&self) -> DeploymentStatus {
+        let st = self.inner.state.lock();
+        DeploymentStatus::derive(st.instances.values().map(|i| i.state))
+    }
+
+    /// Every instance that still exists, in id order.
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        let now = Instant::now();
+        let st = self.inner.state.lock();
+        st.instances
+            .iter()
+            .map(|(id, i)| InstanceInfo {
+                id: *id,
+                state: i.state,
+                endpoint: i.endpoint.as_deref().cloned(),
+                age: now.saturating_duration_since(i.created_at),
+                ready_after: i
+                    .ready_at
+                    .map(|r| r.saturating_duration_since(i.created_at)),
+                idle_for: now.saturating_duration_since(i.last_activity),
+                in_flight: i.in_flight,
+                served: i.served,
+                cost: i.cost_until(now),
+                error: i.error.clone(),
+            })
+            .collect()
+    }
+
+    /// The instance's last `lines` log lines, as its provider keeps them.
+    pub fn logs(&self, id: InstanceId, lines: usize) -> Vec<String> {
+        self.inner.provider.logs(id, lines)
+    }
+
+    /// Total spend: released instances plus the running ones up to now.
+    pub fn total_cost(&self) -> f64 {
+        let now = Instant::now();
+        let st = self.inner.state.lock();
+        st.released_cost
+            + st.instances
+                .values()
+                .map(|i| i.cost_until(now))
+                .sum::<f64>()
+    }
+
+    /// How many instances have been released over the controller's life.
+    pub fn released_count(&self) -> u64 {
+        self.inner.state.lock().released_count
+    }
+
+    /// Requests waiting for capacity now.
+    pub fn queue_depth(&self) -> usize {
+        let mut st = self.inner.state.lock();
+        st.purge_waiters();
+        st.waiters.len()
+    }
+
+    /// Starts one more instance now (pre-warm), or 1007 at the cap. It idles out like any
+    /// other once its retention period passes without requests.
+    pub fn start_instance(&self) -> Result<InstanceId, GatewayError> {
+        let mut st = self.inner.state.lock();
+        if st.closed {
+            return Err(ErrorCode::ShuttingDown.into());
+        }
+        if !st.view.has_room() {
+            return Err(ErrorCode::ReplicaQuotaExceeded.into());
+        }
+        let id = self.inner.start_instance(&mut st, None);
+        st.recount();
+        Ok(id)
+    }
+
+    /// Releases one instance: it takes no new requests, finishes those in flight, then is
+    /// released at the provider. A starting instance is released as soon as its create call
+    /// returns. Unknown ids give 1006.
+    pub fn release_instance(&self, id: InstanceId) -> Result<(), GatewayError> {
+        let mut st = self.inner.state.lock();
+        let Some(inst) = st.instances.get_mut(&id) else {
+            return Err(ErrorCode::RouteTargetNotFound.into());
+        };
+        match inst.state {
+            InstanceState::Ready => {
+                if let Err(err) = st.transition(id, LifecycleEvent::Drain) {
+                    tracing::error!(%err, "drain refused");
+                }
+            }
+            InstanceState::Creating | InstanceState::Starting => inst.cancel = true,
+            _ => {}
+        }
+        if let Some(inst) = st.instances.get(&id) {
+            inst.wake.notify_one();
+        }
+        st.recount();
+        Ok(())
+    }
+
+    /// Stops the deployment: new requests get 1015, waiting ones at once; instances drain for
+    /// up to `drain` and are then released. Resolves when every instance is released at the
+    /// provider.
+    pub async fn shutdown(&self, drain: Duration) {
+        {
+            let mut st = self.inner.state.lock();
+            st.closed = true;
+            for w in st.waiters.drain(..) {
+                let _ = w.reply.send(Err(ErrorCode::ShuttingDown.into()));
+            }
+            let ids: Vec<InstanceId> = st.instances.keys().copied().collect();
+            for id in ids {
+                let Some(inst) = st.instances.get_mut(&id) else {
+                    continue;
+                };
+                if let Some(reply) = inst.reserved.take() {
+                    let _ = reply.send(Err(ErrorCode::ShuttingDown.into()));
+                }
+                match inst.state {
+                    InstanceState::Creating | InstanceState::Starting => inst.cancel = true,
+                    InstanceState::Ready => {
+                        let _ = st.transition(id, LifecycleEvent::Drain);
+                    }
+                    _ => {}
+                }
+                if let Some(inst) = st.instances.get(&id) {
+                    inst.wake.notify_one();
+                }
+            }
+            st.recount();
+        }
+        let mut live = self.inner.live_tx.subscribe();
+        if tokio::time::timeout(drain, live.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            let mut st = self.inner.state.lock();
+            st.force_release = true;
+            for inst in st.instances.values() {
+                inst.wake.notify_one();
+            }
+        }
+        let _ = live.wait_for(|n| *n == 0).await;
+    }
+
+    /// Releases instances the provider holds for this deployment that this controller does
+    /// not know (left by an earlier run of the gateway). Returns their ids.
+    pub async fn reconcile(&self) -> Result<Vec<InstanceId>, ProviderError> {
+        let deployment = self.id();
+        let held = self.inner.provider.list(&deployment).await?;
+        let mut released = Vec::new();
+        for found in held {
+            let known = self.inner.state.lock().instances.contains_key(&found.id);
+            if !known {
+                tracing::warn!(deployment, instance = %found.id, "releasing orphaned instance");
+                self.inner.provider.release(found.id).await?;
+                released.push(found.id);
+            }
+        }
+        Ok(released)
+    }
+}
+
+impl fmt::Debug for Controller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Controller")
+            .field("id", &self.id())
+            .field("provider", &self.inner.provider.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Controller`] with less common settings.
+#[derive(Debug)]
+pub struct ControllerBuilder {
+    config: DeployConfig,
+    provider: Arc<dyn GpuProvider>,
+    events: Arc<dyn EventSink>,
+    owner: String,
+}
+
+impl ControllerBuilder {
+    /// Receives lifecycle events (for metrics and logs).
+    pub fn events(mut self, events: Arc<dyn EventSink>) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// The owner label stored with every instance (e.g. the gateway's name).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Validates the config and builds the controller; starts the warm pool if configured.
+    pub fn build(self) -> Result<Controller, ValidationErrors> {
+        self.config.validate()?;
+        let mut state = State::default();
+        state
+            .view
+            .set_limits(self.config.max_instances, self.config.concurrency_limit);
+        let inner = Arc::new(Inner {
+            provider: self.provider,
+            config: RwLock::new(Arc::new(self.config)),
+            state: Mutex::new(state),
+            events: self.events,
+            owner: self.owner,
+            live_tx: watch::Sender::new(0),
+        });
+        {
+            let mut st = inner.state.lock();
+            inner.rebalance(&mut st);
+        }
+        Ok(Controller { inner })
+    }
+}
+
+impl Inner {
+    fn config(&self) -> Arc<DeployConfig> {
+        self.config.read().clone()
+    }
+
+    fn deployment(&self) -> String {
+        self.config.read().id.clone()
+    }
+
+    /// A lease on `id` if it is ready.
+    fn lease_now(self: &Arc<Self>, st: &mut State, id: InstanceId) -> Option<Lease> {
+        st.view.get(id)?;
+        let inst = st.add_in_flight(id, 1)?;
+        let endpoint = inst.endpoint.clone()?;
+        Some(Lease {
+            inner: Some(self.clone()),
+            id,
+            endpoint,
+            waited: None,
+        })
+    }
+
+    /// Hands `lease` to `reply`, undoing its in-flight count if the request has gone.
+    fn hand_over(&self, st: &mut State, reply: Reply, lease: Lease) {
+        if let Err(Ok(lease)) = reply.send(Ok(lease)) {
+            let id = lease.disarm();
+            if let Some(inst) = st.add_in_flight(id, -1)
+                && inst.in_flight == 0
+            {
+                inst.wake.notify_one();
+            }
+        }
+    }
+
+    /// A forwarded request ended: the instance is idle from now if it was the last one.
+    fn end_request(self: &Arc<Self>, id: InstanceId) {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let Some(inst) = st.add_in_flight(id, -1) else {
+            return;
+        };
+        inst.served += 1;
+        inst.last_activity = now;
+        if inst.in_flight == 0 {
+            inst.wake.notify_one();
+        }
+        self.dispatch(&mut st);
+        st.recount();
+    }
+
+    /// Creates the record of a new instance and spawns its task. Callers check the cap.
+    fn start_instance(self: &Arc<Self>, st: &mut State, reserved: Option<Reply>) -> InstanceId {
+        let config = self.config();
+        let mut id = InstanceId::generate();
+        while st.instances.contains_key(&id) {
+            id = InstanceId::generate();
+        }
+        st.instances.insert(
+            id,
+            Instance::new(Instant::now(), config.price_per_hour, reserved),
+        );
+        st.recount();
+        self.publish_live(st);
+        let mut spec = InstanceSpec::from_config(&config, id);
+        spec.labels
+            .insert(LABEL_OWNER.to_owned(), self.owner.clone());
+        self.events
+            .on_event(&config.id, &ControllerEvent::Creating { instance: id });
+        tokio::spawn(instance::run(self.clone(), id, spec));
+        id
+    }
+
+    /// Gives waiting requests, oldest first, to ready instances with free capacity.
+    fn dispatch(self: &Arc<Self>, st: &mut State) {
+        while let Some(front) = st.waiters.front() {
+            if front.reply.is_closed() {
+                st.waiters.pop_front();
+                continue;
+            }
+            let Some(id) = st.least_loaded() else { break };
+            let Some(waiter) = st.waiters.pop_front() else {
+                break;
+            };
+            if let Some(lease) = self.lease_now(st, id) {
+                self.hand_over(st, waiter.reply, lease);
+            }
+        }
+    }
+
+    /// Restores the invariants after any change: waiting requests served where possible, a
+    /// start for waiters nothing else will serve, the warm pool topped up, counters current.
+    fn rebalance(self: &Arc<Self>, st: &mut State) {
+        self.dispatch(st);
+        st.purge_waiters();
+        if !st.closed
+            && !st.waiters.is_empty()
+            && st.view.ready().is_empty()
+            && st.view.starting() == 0
+            && st.view.has_room()
+        {
+            self.start_instance(st, None);
+        }
+        self.top_up(st);
+        st.recount();
+        self.publish_live(st);
+    }
+
+    /// Starts instances until the warm pool holds `min_instances`; after failed starts the
+    /// next attempt waits (1 s doubling to 60 s) so a broken command does not loop.
+    fn top_up(self: &Arc<Self>, st: &mut State) {
+        let min = self.config.read().min_instances;
+        if st.closed || st.top_up_scheduled {
+            return;
+        }
+        if st.consecutive_failures > 0 && st.serving_or_starting() < min {
+            st.top_up_scheduled = true;
+            let delay = Duration::from_secs(1 << st.consecutive_failures.min(6))
+                .min(Duration::from_secs(60));
+            let inner = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut st = inner.state.lock();
+                st.top_up_scheduled = false;
+                let failures = std::mem::take(&mut st.consecutive_failures);
+                inner.top_up(&mut st);
+                st.consecutive_failures = failures;
+                st.recount();
+            });
+            return;
+        }
+        while st.serving_or_starting() < min && st.view.has_room() {
+            self.start_instance(st, None);
+        }
+    }
+
+    fn publish_live(&self, st: &State) {
+        let live = st.instances.len();
+        self.live_tx
+            .send_if_modified(|n| std::mem::replace(n, live) != live);
+    }
+}

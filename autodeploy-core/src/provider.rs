@@ -1,0 +1,220 @@
+//! The `GpuProvider` trait: how instances are created, probed, released and listed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::config::{DeployConfig, GpuSpec, ReadinessProbe};
+use crate::error::{ErrorCode, GatewayError};
+use crate::instance_id::InstanceId;
+
+/// The label every provider stores with an instance to name its deployment.
+pub const LABEL_DEPLOYMENT: &str = "autodeploy.deployment";
+/// The label naming the gateway (owner) that created the instance.
+pub const LABEL_OWNER: &str = "autodeploy.owner";
+
+/// Everything a provider needs to create one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceSpec {
+    /// The deployment the instance belongs to.
+    pub deployment: String,
+    /// The id chosen by the controller; providers key their records by it, so a retried
+    /// create with the same id must not start a second instance.
+    pub instance: InstanceId,
+    /// GPUs needed.
+    pub gpu: GpuSpec,
+    /// Image to boot from, if the provider runs images.
+    pub image: Option<String>,
+    /// Snapshot to boot from instead of an image.
+    pub snapshot: Option<String>,
+    /// Port the service listens on inside the instance.
+    pub port: u16,
+    /// Start command, run by `sh -c`.
+    pub command: String,
+    /// Working directory of the command.
+    pub workdir: Option<PathBuf>,
+    /// Environment of the command.
+    pub env: BTreeMap<String, String>,
+    /// Labels recorded with the instance (deployment, owner, ...), returned by `list`.
+    pub labels: BTreeMap<String, String>,
+    /// How readiness is decided.
+    pub readiness: ReadinessProbe,
+    /// How long the instance may take to become ready.
+    pub start_timeout: Duration,
+}
+
+impl InstanceSpec {
+    /// The spec for a new instance `instance` of the deployment `config`.
+    pub fn from_config(config: &DeployConfig, instance: InstanceId) -> Self {
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_DEPLOYMENT.to_owned(), config.id.clone());
+        Self {
+            deployment: config.id.clone(),
+            instance,
+            gpu: config.gpu.clone(),
+            image: config.image.clone(),
+            snapshot: config.snapshot.clone(),
+            port: config.port,
+            command: config.start_command.clone(),
+            workdir: config.workdir.clone(),
+            env: config.env.clone(),
+            labels,
+            readiness: config.readiness.clone(),
+            start_timeout: config.start_timeout,
+        }
+    }
+}
+
+/// Where an instance serves HTTP: a host (name or address) and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Endpoint {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// An endpoint on `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl From<std::net::SocketAddr> for Endpoint {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        Self::new(addr.ip().to_string(), addr.port())
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// An instance a provider holds, as `list` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvidedInstance {
+    /// Its id.
+    pub id: InstanceId,
+    /// Where it serves, if known.
+    pub endpoint: Option<Endpoint>,
+    /// The labels it was created with.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why an instance stopped on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExitReport {
+    /// What happened, for people (e.g. `exited with status 1`, `killed by signal 9`).
+    pub reason: String,
+    /// The instance's last log lines, oldest first.
+    pub last_log: Vec<String>,
+}
+
+/// What can go wrong at a provider.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// No free capacity (GPU slots, quota) for a new instance.
+    #[error("no capacity: {0}")]
+    NoCapacity(String),
+    /// The instance could not be started, or exited before it was ready.
+    #[error("{reason}{}", log_suffix(.last_log))]
+    StartFailed {
+        /// What happened.
+        reason: String,
+        /// The instance's last log lines, oldest first.
+        last_log: Vec<String>,
+    },
+    /// The instance did not become ready in time.
+    #[error("not ready after {after:?}: {tried}{}", log_suffix(.last_log))]
+    StartTimedOut {
+        /// How long it was given.
+        after: Duration,
+        /// What readiness check was tried.
+        tried: String,
+        /// The instance's last log lines, oldest first.
+        last_log: Vec<String>,
+    },
+    /// The provider does not know this instance.
+    #[error("unknown instance {0}")]
+    UnknownInstance(InstanceId),
+    /// Anything else: an API error, an I/O error.
+    #[error("{0}")]
+    Backend(String),
+}
+
+fn log_suffix(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; last log lines:\n{}", lines.join("\n"))
+    }
+}
+
+impl From<ProviderError> for GatewayError {
+    fn from(err: ProviderError) -> Self {
+        let code = match &err {
+            ProviderError::NoCapacity(_) => ErrorCode::NoCapacity,
+            ProviderError::StartTimedOut { .. } => ErrorCode::InstanceStartTimedOut,
+            _ => ErrorCode::InstanceStartFailed,
+        };
+        GatewayError::with_detail(code, err)
+    }
+}
+
+/// A place that creates and releases instances: local processes, a simulation, a GPU cloud.
+///
+/// Implementations are shared (`Arc<dyn GpuProvider>`) by every deployment using them and are
+/// called concurrently. Calls are rare and slow next to requests, so boxing their futures
+/// costs nothing that matters.
+#[async_trait]
+pub trait GpuProvider: Send + Sync + fmt::Debug {
+    /// A short name for logs and metrics (`"local"`, `"simulated"`).
+    fn name(&self) -> &str;
+
+    /// Creates the instance `spec.instance` and returns where it will serve. It may still be
+    /// booting: the caller follows with [`GpuProvider::wait_ready`]. On error nothing may be
+    /// left running; the caller still calls `release`, which must then be a no-op.
+    async fn create(&self, spec: InstanceSpec) -> Result<Endpoint, ProviderError>;
+
+    /// Resolves when the instance passes its readiness check (`spec.readiness`), or fails with
+    /// `StartFailed` if it exited and `StartTimedOut` after `spec.start_timeout`, each with the
+    /// instance's last log lines.
+    async fn wait_ready(&self, id: InstanceId) -> Result<(), ProviderError>;
+
+    /// Releases the instance and everything it started. Idempotent: releasing an unknown or
+    /// already released instance succeeds. Returns once the instance no longer runs.
+    async fn release(&self, id: InstanceId) -> Result<(), ProviderError>;
+
+    /// The instances this provider holds for `deployment`, including ones created by an
+    /// earlier run of the gateway (for reconciliation after a restart).
+    async fn list(&self, deployment: &str) -> Result<Vec<ProvidedInstance>, ProviderError>;
+
+    /// Resolves when the instance stops without being released (crash, exit, kill), with the
+    /// reason. Never resolves for an instance that keeps running; resolves at once for an
+    /// unknown one. The default never resolves, for providers that cannot tell.
+    async fn wait_exit(&self, id: InstanceId) -> ExitReport {
+        let _ = id;
+        std::future::pending().await
+    }
+
+    /// The instance's last `lines` log lines, oldest first; empty when the provider keeps none.
+    fn logs(&self, id: InstanceId, lines: usize) -> Vec<String> {
+        let _ = (id, lines);
+        Vec::new()
+    }
+}

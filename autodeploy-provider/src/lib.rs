@@ -1,0 +1,1 @@
+//! autodeploy-provider (in progress).

@@ -1,0 +1,1 @@
+//! autodeploy-proxy (in progress).

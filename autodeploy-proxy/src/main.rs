@@ -1,0 +1,3 @@
+//! The `autodeploy` gateway binary (in progress).
+
+fn main() {}

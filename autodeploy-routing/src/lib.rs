@@ -1,0 +1,1 @@
+//! autodeploy-routing (in progress).

@@ -1,0 +1,1 @@
+//! autodeploy-benches (in progress).

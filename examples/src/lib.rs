@@ -1,0 +1,1 @@
+//! autodeploy-examples (in progress).
