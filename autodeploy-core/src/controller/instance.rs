@@ -271,7 +271,18 @@ async fn release(inner: &Arc<Inner>, id: InstanceId) {
             tracing::error!(%err, "instance transition refused");
         }
         if let Some(reply) = st.instances.get_mut(&id).and_then(|i| i.reserved.take()) {
-            let _ = reply.send(Err(ErrorCode::ShuttingDown.into()));
+            // The scale-out request this instance was started for never got it. Only a
+            // shutdown is "shutting down"; a `release_instance` before readiness is not, and
+            // a 1015 would tell the client the whole gateway is going away.
+            let error = if st.closed {
+                ErrorCode::ShuttingDown.into()
+            } else {
+                GatewayError::with_detail(
+                    ErrorCode::InstanceStartFailed,
+                    "the instance was released before it became ready",
+                )
+            };
+            let _ = reply.send(Err(error));
         }
         st.recount();
     }

@@ -523,6 +523,10 @@ impl Inner {
     /// Restores the invariants after any change: waiting requests served where possible, a
     /// start for waiters nothing else will serve, the warm pool topped up, counters current.
     fn rebalance(self: &Arc<Self>, st: &mut State) {
+        // Callers arrive straight from a change (an instance removed after release, a new
+        // config): the view's counts must be current before `has_room` is asked, or a freed
+        // slot at the cap is not seen and waiters get no replacement instance.
+        st.recount();
         self.dispatch(st);
         st.purge_waiters();
         if !st.closed
