@@ -455,6 +455,25 @@ async fn warm_instance_that_dies_is_replaced() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn warm_pool_at_the_cap_replaces_a_dead_instance() {
+    let p = FakeProvider::new();
+    let mut cfg = config(2);
+    cfg.min_instances = 2;
+    let c = controller(cfg, &p);
+    tokio::time::sleep(CREATE + READY).await;
+    settle().await;
+    let dead = p.created()[0];
+
+    p.kill(dead);
+    settle().await;
+    assert_eq!(p.releases_of(dead), 1);
+    assert_eq!(p.creates(), 3, "the slot freed at the cap is refilled");
+    tokio::time::sleep(CREATE + READY).await;
+    settle().await;
+    assert_eq!(c.view().ready().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn warm_pool_beyond_min_idles_down_to_min() {
     let p = FakeProvider::new();
     let mut cfg = config(4);
