@@ -1,1 +1,36 @@
-//! autodeploy-proxy (in progress).
+//! # autodeploy-proxy
+//!
+//! The HTTP gateway of autodeploy: it wires core's controllers, the routing rules and the
+//! providers into links that start an instance on the first request, route by the
+//! `Deploy-Route-Rule` header, stream both ways and release idle instances.
+//!
+//! - [`Gateway`]: the deployments, providers, upstream client and metrics; build it from a
+//!   [`GatewayConfig`] or piece by piece with [`Gateway::builder`];
+//! - [`Gateway::service`]: a [`tower::Service`] to mount in your own hyper or axum server;
+//!   [`Gateway::serve`] runs it on a listener with graceful shutdown;
+//! - the management API under `/api/v1` ([`api`]), `/metrics` ([`metrics`]), `/healthz`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use autodeploy_proxy::{Gateway, GatewayConfig};
+//!
+//! let config = GatewayConfig::load("autodeploy.toml".as_ref())?;
+//! let listener = tokio::net::TcpListener::bind(config.gateway.listen).await?;
+//! let gateway = Gateway::from_config(config).await?;
+//! gateway.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod config;
+mod forward;
+mod gateway;
+pub mod headers;
+pub mod metrics;
+mod respond;
+mod server;
+
+pub use config::{ConfigError, GatewayConfig, GatewaySettings};
+pub use forward::ClientAddr;
+pub use gateway::{BuildError, Gateway, GatewayBuilder, GatewayService};
+pub use respond::{ApiError, error_response};

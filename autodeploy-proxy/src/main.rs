@@ -1,3 +1,163 @@
-//! The `autodeploy` gateway binary (in progress).
+//! `autodeploy`: run the gateway (`serve`) or check a configuration file (`check`).
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use autodeploy_proxy::config::ConfigError;
+use autodeploy_proxy::{Gateway, GatewayConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Puts HTTP services behind fixed links that start instances on demand and release them
+/// when idle.
+#[derive(Debug, Parser)]
+#[command(name = "autodeploy", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short, default_value = "autodeploy.toml")]
+        config: PathBuf,
+        /// Overrides `[gateway] listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The management API's bearer token (overrides `[gateway] admin_token`).
+        #[arg(long, env = "AUTODEPLOY_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate a configuration file and print every problem with its field.
+    Check {
+        /// The configuration file.
+        #[arg(long, short, default_value = "autodeploy.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve {
+            config,
+            listen,
+            admin_token,
+            log_format,
+        } => {
+            init_logs(log_format);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("error: cannot start the runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config, listen, admin_token)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match GatewayConfig::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} deployment{})",
+                path.display(),
+                config.deployments.len(),
+                if config.deployments.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ConfigError::Invalid { path, errors }) => {
+            eprintln!("{}: {} problem(s):", path.display(), errors.0.len());
+            for error in &errors.0 {
+                eprintln!("  {error}");
+            }
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(
+    path: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    admin_token: Option<String>,
+) -> anyhow::Result<()> {
+    let mut config = GatewayConfig::load(&path)?;
+    if let Some(listen) = listen {
+        config.gateway.listen = listen;
+    }
+    if admin_token.is_some() {
+        config.gateway.admin_token = admin_token;
+    }
+    let addr = config.gateway.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let gateway = Gateway::from_config(config).await?;
+    let ids: Vec<String> = gateway.controllers().iter().map(|c| c.id()).collect();
+    tracing::info!(%local, deployments = ?ids, "autodeploy listening; links at http://{local}/d/<id>/");
+    gateway.serve(listener, shutdown_signal()).await;
+    tracing::info!("stopped; every instance released");
+    Ok(())
+}
+
+/// Resolves at SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    tracing::error!(%err, "cannot watch SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: draining requests, releasing instances");
+}

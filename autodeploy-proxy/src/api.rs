@@ -1,0 +1,300 @@
+//! The management API under `/api/v1`, plus `/metrics` and `/healthz`.
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | `/api/v1/deployments` | every deployment with status, instance count, cost |
+//! | POST | `/api/v1/deployments` | create one (JSON `DeployConfig`) |
+//! | GET | `/api/v1/deployments/{id}` | its config, instances, cost |
+//! | PUT | `/api/v1/deployments/{id}` | replace its config |
+//! | DELETE | `/api/v1/deployments/{id}` | drain and release it, then forget it |
+//! | POST | `/api/v1/deployments/{id}/instances` | start an instance now (pre-warm) |
+//! | GET | `/api/v1/deployments/{id}/instances/{instance}` | one instance, with its last log lines |
+//! | DELETE | `/api/v1/deployments/{id}/instances/{instance}` | drain and release one instance |
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/healthz` | liveness, never needs the token |
+//!
+//! With an admin token configured, every route but `/healthz` needs
+//! `Authorization: Bearer <token>`; the comparison is constant-time.
+
+use autodeploy_core::{
+    Controller, DeployConfig, DeploymentStatus, ErrorCode, GatewayError, InstanceId, InstanceInfo,
+};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, Request, StatusCode, header};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::gateway::{BuildError, Gateway};
+use crate::respond::ApiError;
+
+/// How many log lines an instance view carries.
+const LOG_LINES: usize = 50;
+/// The largest management request body.
+const MAX_API_BODY: usize = 1 << 20;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The management router for `gateway`.
+pub fn router(gateway: Gateway) -> Router {
+    let api = Router::new()
+        .route(
+            "/api/v1/deployments",
+            get(list_deployments).post(create_deployment),
+        )
+        .route(
+            "/api/v1/deployments/{id}",
+            get(get_deployment)
+                .put(update_deployment)
+                .delete(delete_deployment),
+        )
+        .route(
+            "/api/v1/deployments/{id}/instances",
+            get(list_instances).post(start_instance),
+        )
+        .route(
+            "/api/v1/deployments/{id}/instances/{instance}",
+            get(get_instance).delete(release_instance),
+        )
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(|| async { ApiError::from(ErrorCode::MethodNotAllowed) })
+        .fallback(|| async { ApiError::from(ErrorCode::NotFound) })
+        .route_layer(middleware::from_fn_with_state(gateway.clone(), authorize));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(api)
+        .fallback(|| async { ApiError::from(ErrorCode::NotFound) })
+        .with_state(gateway)
+}
+
+/// Refuses requests without the admin token, when one is configured.
+async fn authorize(State(gateway): State<Gateway>, req: Request<Body>, next: Next) -> Response {
+    if let Some(token) = &gateway.settings().admin_token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if !bool::from(presented.ct_eq(token.as_bytes())) {
+            let mut response = ApiError::from(ErrorCode::Unauthorized).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"autodeploy\""),
+            );
+            return response;
+        }
+    }
+    next.run(req).await
+}
+
+/// One deployment in the list.
+#[derive(Debug, Serialize)]
+struct DeploymentSummary {
+    id: String,
+    name: String,
+    provider: String,
+    status: DeploymentStatus,
+    instances: usize,
+    queue_depth: usize,
+    total_cost: f64,
+    link: String,
+}
+
+fn summary(controller: &Controller) -> DeploymentSummary {
+    let config = controller.config();
+    DeploymentSummary {
+        id: config.id.clone(),
+        name: config.display_name().to_owned(),
+        provider: config.provider.clone(),
+        status: controller.status(),
+        instances: controller.instances().len(),
+        queue_depth: controller.queue_depth(),
+        total_cost: controller.total_cost(),
+        link: match config.listen {
+            Some(addr) => format!("http://{addr}/"),
+            None => format!("/d/{}/", config.id),
+        },
+    }
+}
+
+/// One instance with its last log lines.
+#[derive(Debug, Serialize)]
+struct InstanceView {
+    #[serde(flatten)]
+    info: InstanceInfo,
+    last_log: Vec<String>,
+}
+
+fn instance_views(controller: &Controller) -> Vec<InstanceView> {
+    controller
+        .instances()
+        .into_iter()
+        .map(|info| InstanceView {
+            last_log: controller.logs(info.id, LOG_LINES),
+            info,
+        })
+        .collect()
+}
+
+/// One deployment in detail.
+#[derive(Debug, Serialize)]
+struct DeploymentDetail {
+    #[serde(flatten)]
+    summary: DeploymentSummary,
+    released_instances: u64,
+    config: DeployConfig,
+    instances: Vec<InstanceView>,
+}
+
+fn detail(controller: &Controller) -> DeploymentDetail {
+    DeploymentDetail {
+        summary: summary(controller),
+        released_instances: controller.released_count(),
+        config: (*controller.config()).clone(),
+        instances: instance_views(controller),
+    }
+}
+
+fn controller(gateway: &Gateway, id: &str) -> ApiResult<Controller> {
+    gateway
+        .controller(id)
+        .ok_or_else(|| GatewayError::with_detail(ErrorCode::DeploymentNotFound, id).into())
+}
+
+async fn list_deployments(State(gateway): State<Gateway>) -> impl IntoResponse {
+    let list: Vec<DeploymentSummary> = gateway.controllers().iter().map(summary).collect();
+    axum::Json(serde_json::json!({ "deployments": list }))
+}
+
+async fn get_deployment(
+    State(gateway): State<Gateway>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(axum::Json(detail(&controller(&gateway, &id)?)))
+}
+
+/// Reads a JSON `DeployConfig`: bad JSON is 1000, a wrong shape or meaning 1003.
+async fn read_config(body: Body) -> ApiResult<DeployConfig> {
+    let bytes = axum::body::to_bytes(body, MAX_API_BODY)
+        .await
+        .map_err(|_| ApiError::from(ErrorCode::PayloadTooLarge))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let code = if e.is_data() {
+            ErrorCode::InvalidConfig
+        } else {
+            ErrorCode::BadRequest
+        };
+        GatewayError::with_detail(code, e).into()
+    })
+}
+
+async fn create_deployment(
+    State(gateway): State<Gateway>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let config = read_config(body).await?;
+    let controller = gateway.add_deployment(config).await.map_err(|e| match e {
+        BuildError::Deployment(e) => ApiError(e),
+        other => ApiError(GatewayError::with_detail(ErrorCode::InvalidConfig, other)),
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(detail(&controller))))
+}
+
+async fn update_deployment(
+    State(gateway): State<Gateway>,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let config = read_config(body).await?;
+    if config.id != id {
+        return Err(GatewayError::with_detail(
+            ErrorCode::InvalidConfig,
+            format!("id: the body's id {:?} differs from the path's {id:?}", config.id),
+        )
+        .into());
+    }
+    gateway.update_deployment(config)?;
+    Ok(axum::Json(detail(&controller(&gateway, &id)?)))
+}
+
+async fn delete_deployment(
+    State(gateway): State<Gateway>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let controller = controller(&gateway, &id)?;
+    gateway.remove_deployment(&id).await?;
+    Ok(axum::Json(serde_json::json!({
+        "id": id,
+        "deleted": true,
+        "total_cost": controller.total_cost(),
+    })))
+}
+
+async fn list_instances(
+    State(gateway): State<Gateway>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let controller = controller(&gateway, &id)?;
+    Ok(axum::Json(
+        serde_json::json!({ "instances": instance_views(&controller) }),
+    ))
+}
+
+async fn start_instance(
+    State(gateway): State<Gateway>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let instance = controller(&gateway, &id)?.start_instance()?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "id": instance, "state": "creating" })),
+    ))
+}
+
+fn instance_id(raw: &str) -> ApiResult<InstanceId> {
+    raw.parse()
+        .map_err(|_| GatewayError::with_detail(ErrorCode::NotFound, "no such instance").into())
+}
+
+async fn get_instance(
+    State(gateway): State<Gateway>,
+    Path((id, instance)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let controller = controller(&gateway, &id)?;
+    let instance = instance_id(&instance)?;
+    instance_views(&controller)
+        .into_iter()
+        .find(|v| v.info.id == instance)
+        .map(axum::Json)
+        .ok_or_else(|| GatewayError::with_detail(ErrorCode::NotFound, "no such instance").into())
+}
+
+async fn release_instance(
+    State(gateway): State<Gateway>,
+    Path((id, instance)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let controller = controller(&gateway, &id)?;
+    let instance = instance_id(&instance)?;
+    controller
+        .release_instance(instance)
+        .map_err(|_| GatewayError::with_detail(ErrorCode::NotFound, "no such instance"))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "id": instance, "state": "draining" })),
+    ))
+}
+
+async fn metrics(State(gateway): State<Gateway>) -> impl IntoResponse {
+    let controllers = gateway.controllers();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        gateway.metrics().render(controllers.iter()),
+    )
+}

@@ -1,0 +1,315 @@
+//! The gateway's configuration file: a `[gateway]` table, provider settings and
+//! `[[deployment]]` tables, with validation that reports every problem at once.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use autodeploy_core::{DeployConfig, FieldError, ValidationErrors};
+use autodeploy_provider::{LocalConfig, SimulatedConfig};
+use serde::Deserialize;
+
+/// The whole configuration file.
+///
+/// ```toml
+/// [gateway]
+/// listen = "127.0.0.1:8000"
+///
+/// [[deployment]]
+/// id = "files"
+/// start_command = "python3 -m http.server {port} --bind 127.0.0.1"
+/// idle_retention = "3m"
+/// max_instances = 2
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Settings of the gateway itself.
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    /// Settings of the providers deployments can name.
+    #[serde(default)]
+    pub providers: ProvidersConfig,
+    /// The deployments served at start-up (more can be created through the API).
+    #[serde(default, rename = "deployment")]
+    pub deployments: Vec<DeployConfig>,
+}
+
+/// The `[gateway]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Where the links (`/d/{id}/...`), the management API and `/metrics` listen.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The bearer token the management API requires; none = the API is open (bind it to
+    /// loopback then). `$AUTODEPLOY_ADMIN_TOKEN` overrides it.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Where providers record what they started, so a restarted gateway finds it.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// The largest request body forwarded, in bytes; 0 = unlimited.
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body: u64,
+    /// The largest request head (request line and headers) accepted, in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// A client must send its whole request head within this time (slowloris guard).
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// The longest an instance may take to answer with its response headers.
+    #[serde(default = "default_response_header_timeout", with = "humantime_serde")]
+    pub response_header_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish before instances are
+    /// released anyway.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin_token: None,
+            state_dir: None,
+            max_request_body: default_max_request_body(),
+            max_header_bytes: default_max_header_bytes(),
+            header_read_timeout: default_header_read_timeout(),
+            response_header_timeout: default_response_header_timeout(),
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8000))
+}
+fn default_max_request_body() -> u64 {
+    1 << 30
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_response_header_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The `[providers]` table: one sub-table per provider kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersConfig {
+    /// `[providers.local]`: the local-process provider.
+    #[serde(default)]
+    pub local: LocalConfig,
+    /// `[providers.simulated]`: the simulated provider.
+    #[serde(default)]
+    pub simulated: SimulatedConfig,
+}
+
+/// The provider names a deployment may use.
+pub const PROVIDERS: [&str; 2] = ["local", "simulated"];
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The file parsed but some values are wrong.
+    #[error("{path}: invalid configuration: {errors}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        errors: ValidationErrors,
+    },
+}
+
+impl GatewayConfig {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.validate().map_err(|errors| ConfigError::Invalid {
+            path: path.to_owned(),
+            errors,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (without validating meaning).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every deployment and the gateway settings; reports all problems at once, each
+    /// naming its field (`deployment[1].max_instances`, `gateway.listen`, ...).
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut ids = HashSet::new();
+        let mut listens = HashSet::from([self.gateway.listen]);
+        for (i, deployment) in self.deployments.iter().enumerate() {
+            let prefix = format!("deployment[{i}]");
+            if let Err(e) = validate_deployment(deployment) {
+                errors.extend(e.prefixed(&prefix).0);
+            }
+            if !ids.insert(deployment.id.as_str()) {
+                errors.push(FieldError {
+                    field: format!("{prefix}.id"),
+                    message: format!("duplicate deployment id {:?}", deployment.id),
+                });
+            }
+            if let Some(listen) = deployment.listen
+                && !listens.insert(listen)
+            {
+                errors.push(FieldError {
+                    field: format!("{prefix}.listen"),
+                    message: format!("{listen} is already used by the gateway or a deployment"),
+                });
+            }
+        }
+        if self
+            .gateway
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            errors.push(FieldError {
+                field: "gateway.admin_token".into(),
+                message: "must not be empty (leave it out to disable)".into(),
+            });
+        }
+        if self.gateway.header_read_timeout.is_zero() {
+            errors.push(FieldError {
+                field: "gateway.header_read_timeout".into(),
+                message: "must be greater than zero".into(),
+            });
+        }
+        if self.gateway.response_header_timeout.is_zero() {
+            errors.push(FieldError {
+                field: "gateway.response_header_timeout".into(),
+                message: "must be greater than zero".into(),
+            });
+        }
+        if self.gateway.max_header_bytes < 8192 {
+            errors.push(FieldError {
+                field: "gateway.max_header_bytes".into(),
+                message: "must be at least 8192".into(),
+            });
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
+}
+
+/// Validates one deployment as the gateway runs it: core's checks plus a known provider.
+pub fn validate_deployment(config: &DeployConfig) -> Result<(), ValidationErrors> {
+    let mut errors = config.validate().err().map(|e| e.0).unwrap_or_default();
+    if !config.provider.trim().is_empty() && !PROVIDERS.contains(&config.provider.as_str()) {
+        errors.push(FieldError {
+            field: "provider".into(),
+            message: format!(
+                "unknown provider {:?}; expected one of {}",
+                config.provider,
+                PROVIDERS.join(", ")
+            ),
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/autodeploy.toml");
+        let config = GatewayConfig::load(&path).unwrap();
+        assert!(!config.deployments.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let config = GatewayConfig::parse(
+            r#"
+            [gateway]
+            listen = "127.0.0.1:9000"
+            admin_token = ""
+
+            [[deployment]]
+            id = "a"
+            start_command = "true"
+            idle_retention = "1m"
+            max_instances = 0
+            provider = "cloud"
+
+            [[deployment]]
+            id = "a"
+            start_command = ""
+            idle_retention = "1m"
+            max_instances = 1
+            listen = "127.0.0.1:9000"
+            "#,
+        )
+        .unwrap();
+        let fields: Vec<String> = config
+            .validate()
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "deployment[0].max_instances",
+                "deployment[0].provider",
+                "deployment[1].start_command",
+                "deployment[1].id",
+                "deployment[1].listen",
+                "gateway.admin_token",
+            ]
+        );
+    }
+
+    #[test]
+    fn typos_are_parse_errors() {
+        let err = GatewayConfig::parse("[gateway]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+}

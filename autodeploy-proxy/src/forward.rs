@@ -1,0 +1,279 @@
+//! The data plane: one request through a link to an instance and its response back,
+//! streamed both ways, with the lease held until the response's last byte.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use autodeploy_core::{ErrorCode, GatewayError, Lease};
+use autodeploy_routing::RouteRule;
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pin_project_lite::pin_project;
+
+use crate::gateway::{Deployment, Shared};
+use crate::headers::{
+    DEPLOY_ROUTE_RULE, DEPLOY_ROUTE_TARGET, DEPLOY_WAIT_MS, prepare_upstream, strip_hop_by_hop,
+    wants_upgrade,
+};
+use crate::respond::error_response;
+
+/// The client address of a request, put in its extensions by the gateway's listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The pooled keep-alive HTTP/1.1 client to instances.
+pub(crate) type UpstreamClient = Client<HttpConnector, Body>;
+
+/// A client with pooled keep-alive connections and Nagle off.
+pub(crate) fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// Forwards `req` to an instance of `deployment` chosen by its route rule, `path_and_query`
+/// being what the instance sees. Every outcome is a response: the instance's, or the
+/// gateway's JSON error.
+pub(crate) async fn forward(
+    shared: &Shared,
+    deployment: &Deployment,
+    req: Request<Body>,
+    path_and_query: &str,
+) -> Response<Body> {
+    let rule = RouteRule::from_header(req.headers().get(DEPLOY_ROUTE_RULE).map(|v| v.as_bytes()));
+    let response = match forward_inner(shared, deployment, &rule, req, path_and_query).await {
+        Ok(response) => response,
+        Err(err) => {
+            if err.code == ErrorCode::Internal {
+                tracing::error!(deployment = deployment.id(), %err, "internal error");
+            }
+            error_response(&err)
+        }
+    };
+    shared
+        .metrics
+        .request(deployment.id(), rule_label(&rule), response.status().as_u16());
+    response
+}
+
+async fn forward_inner(
+    shared: &Shared,
+    deployment: &Deployment,
+    rule: &RouteRule,
+    req: Request<Body>,
+    path_and_query: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let limit = shared.settings.max_request_body;
+    if limit > 0 && declared_length(&req).is_some_and(|n| n > limit) {
+        return Err(GatewayError::with_detail(
+            ErrorCode::PayloadTooLarge,
+            format!("the limit is {limit} bytes"),
+        ));
+    }
+    let lease = deployment
+        .controller
+        .acquire(|view| deployment.decide(rule, view))
+        .await?;
+
+    let upgrade = wants_upgrade(req.headers());
+    let (mut parts, body) = req.into_parts();
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    let client = parts
+        .extensions
+        .get::<ClientAddr>()
+        .map(|c| c.0)
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0)
+        });
+    prepare_upstream(&mut parts.headers, client, upgrade);
+    parts.uri = format!("http://{}{}", lease.endpoint(), path_and_query)
+        .parse::<Uri>()
+        .map_err(|e| GatewayError::with_detail(ErrorCode::BadRequest, e))?;
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    let body = if limit > 0 {
+        Body::new(http_body_util::Limited::new(body, limit as usize))
+    } else {
+        body
+    };
+    let upstream = Request::from_parts(parts, body);
+
+    let sent = tokio::time::timeout(
+        shared.settings.response_header_timeout,
+        shared.client.request(upstream),
+    )
+    .await;
+    let mut response = match sent {
+        Err(_) => {
+            return Err(GatewayError::with_detail(
+                ErrorCode::UpstreamTimedOut,
+                format!(
+                    "no response headers within {:?}",
+                    shared.settings.response_header_timeout
+                ),
+            ));
+        }
+        Ok(Err(err)) => return Err(upstream_error(&err, lease.instance())),
+        Ok(Ok(response)) => response,
+    };
+
+    if response.headers().contains_key(header::CONTENT_LENGTH)
+        && response.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        return Err(GatewayError::with_detail(
+            ErrorCode::UpstreamFailed,
+            "the instance answered with both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(GatewayError::with_detail(
+                ErrorCode::UpstreamFailed,
+                "the instance switched protocols without being asked",
+            ));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true);
+        mark(&mut parts.headers, &lease);
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease));
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    mark(&mut parts.headers, &lease);
+    Ok(Response::from_parts(
+        parts,
+        Body::new(LeasedBody {
+            inner: incoming,
+            lease: Some(lease),
+        }),
+    ))
+}
+
+/// The metric label of a route rule (ids are not labels: their number is unbounded).
+fn rule_label(rule: &RouteRule) -> &'static str {
+    match rule {
+        RouteRule::Default => "default",
+        RouteRule::ScaleOut => "scale-out",
+        RouteRule::Random => "random",
+        RouteRule::RoundRobin => "round-robin",
+        _ => "instance",
+    }
+}
+
+/// The `Content-Length` a request declares, if any.
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Adds the gateway's response headers: the instance that answered, and the wait if any.
+fn mark(headers: &mut http::HeaderMap, lease: &Lease) {
+    if let Ok(target) = HeaderValue::from_str(lease.instance().as_str()) {
+        headers.insert(DEPLOY_ROUTE_TARGET, target);
+    }
+    if let Some(waited) = lease.waited() {
+        headers.insert(DEPLOY_WAIT_MS, HeaderValue::from(waited.as_millis() as u64));
+    }
+}
+
+/// Maps a failed upstream exchange to the gateway's error: the request body over its limit
+/// gives 1012, anything else (refused, reset, closed early) 1010.
+fn upstream_error(
+    err: &hyper_util::client::legacy::Error,
+    instance: autodeploy_core::InstanceId,
+) -> GatewayError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return ErrorCode::PayloadTooLarge.into();
+        }
+        source = e.source();
+    }
+    let mut detail = format!("instance {instance}: {err}");
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        detail.push_str(": ");
+        detail.push_str(&e.to_string());
+        source = e.source();
+    }
+    GatewayError::with_detail(ErrorCode::UpstreamFailed, detail)
+}
+
+/// Copies bytes both ways between an upgraded client connection and an upgraded instance
+/// connection; the lease (activity on the instance) lasts as long as the tunnel.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, lease: Lease) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(instance = %lease.instance(), %err, "upgraded connection ended");
+            }
+        }
+        Err(err) => tracing::debug!(instance = %lease.instance(), %err, "upgrade failed"),
+    }
+    drop(lease);
+}
+
+pin_project! {
+    /// An instance's response body, holding the request's lease until the last byte has been
+    /// passed on or the client went away: an open stream counts as activity.
+    struct LeasedBody {
+        #[pin]
+        inner: Incoming,
+        lease: Option<Lease>,
+    }
+}
+
+impl HttpBody for LeasedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            this.lease.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

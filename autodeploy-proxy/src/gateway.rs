@@ -1,0 +1,472 @@
+//! The gateway: its deployments (one [`Controller`] each), providers, upstream client and
+//! metrics, and the [`tower::Service`] that answers links, the management API and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use autodeploy_core::{
+    Controller, DeployConfig, ErrorCode, GatewayError, GpuProvider, RouteView, Target,
+};
+use autodeploy_routing::{RoundRobin, RouteRule};
+use axum::body::Body;
+use http::{Request, Response};
+use parking_lot::{Mutex, RwLock};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::{Service, ServiceExt};
+
+use crate::config::{GatewayConfig, GatewaySettings, validate_deployment};
+use crate::forward::{UpstreamClient, forward, upstream_client};
+use crate::metrics::Metrics;
+use crate::respond::error_response;
+use crate::{api, server};
+
+/// A running gateway. Cheap to clone (a handle); all clones share one state.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    deployments: RwLock<BTreeMap<String, Arc<Deployment>>>,
+    providers: BTreeMap<String, Arc<dyn GpuProvider>>,
+    pub(crate) client: UpstreamClient,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) settings: GatewaySettings,
+    closed: AtomicBool,
+}
+
+/// One deployment as the gateway runs it.
+pub(crate) struct Deployment {
+    id: String,
+    pub(crate) controller: Controller,
+    cursor: Mutex<RoundRobin>,
+    listener: Mutex<Option<DedicatedListener>>,
+}
+
+struct DedicatedListener {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Deployment {
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The route decision for one request, under the controller's lock.
+    pub(crate) fn decide(&self, rule: &RouteRule, view: &RouteView) -> Target {
+        autodeploy_routing::decide(*rule, view, &mut rand::rng(), &mut self.cursor.lock())
+    }
+}
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A deployment is invalid, duplicated, or names an unknown provider.
+    #[error(transparent)]
+    Deployment(#[from] GatewayError),
+    /// A provider could not be set up.
+    #[error("provider {name}: {message}")]
+    Provider {
+        /// The provider.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// A dedicated listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Builds a [`Gateway`] from parts: settings, providers by name, deployments.
+#[derive(Default)]
+pub struct GatewayBuilder {
+    settings: GatewaySettings,
+    providers: BTreeMap<String, Arc<dyn GpuProvider>>,
+    deployments: Vec<DeployConfig>,
+}
+
+impl fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("settings", &self.settings)
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .field("deployments", &self.deployments.len())
+            .finish()
+    }
+}
+
+impl GatewayBuilder {
+    /// The `[gateway]` settings.
+    pub fn settings(mut self, settings: GatewaySettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Makes `provider` available to deployments under `name` (their `provider` field).
+    pub fn provider(mut self, name: impl Into<String>, provider: Arc<dyn GpuProvider>) -> Self {
+        self.providers.insert(name.into(), provider);
+        self
+    }
+
+    /// Adds a deployment served from the start.
+    pub fn deployment(mut self, config: DeployConfig) -> Self {
+        self.deployments.push(config);
+        self
+    }
+
+    /// Builds the gateway: creates each deployment's controller, releases instances an
+    /// earlier run left behind (reconciliation), and binds dedicated listeners.
+    pub async fn build(self) -> Result<Gateway, BuildError> {
+        let gateway = Gateway {
+            shared: Arc::new(Shared {
+                deployments: RwLock::new(BTreeMap::new()),
+                providers: self.providers,
+                client: upstream_client(),
+                metrics: Arc::new(Metrics::new()),
+                settings: self.settings,
+                closed: AtomicBool::new(false),
+            }),
+        };
+        for config in self.deployments {
+            gateway.add_deployment(config).await?;
+        }
+        Ok(gateway)
+    }
+}
+
+impl Gateway {
+    /// A builder with default settings, no providers and no deployments.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    /// Builds a gateway from a validated configuration file, with the providers it names.
+    pub async fn from_config(config: GatewayConfig) -> Result<Self, BuildError> {
+        let mut builder = Self::builder().settings(config.gateway.clone());
+        let state_dir = config.gateway.state_dir.clone();
+        let mut local = config.providers.local.clone();
+        if local.state_dir.is_none() {
+            local.state_dir = state_dir;
+        }
+        let local = autodeploy_provider::Local::new(local).map_err(|e| BuildError::Provider {
+            name: "local".into(),
+            message: e.to_string(),
+        })?;
+        builder = builder.provider("local", Arc::new(local));
+        let simulated = autodeploy_provider::Simulated::new(config.providers.simulated.clone());
+        builder = builder.provider("simulated", Arc::new(simulated));
+        for deployment in config.deployments {
+            builder = builder.deployment(deployment);
+        }
+        builder.build().await
+    }
+
+    /// The settings the gateway runs with.
+    pub fn settings(&self) -> &GatewaySettings {
+        &self.shared.settings
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The controller of deployment `id`.
+    pub fn controller(&self, id: &str) -> Option<Controller> {
+        self.deployment(id).map(|d| d.controller.clone())
+    }
+
+    /// Every deployment's controller, in id order.
+    pub fn controllers(&self) -> Vec<Controller> {
+        self.shared
+            .deployments
+            .read()
+            .values()
+            .map(|d| d.controller.clone())
+            .collect()
+    }
+
+    pub(crate) fn deployment(&self, id: &str) -> Option<Arc<Deployment>> {
+        self.shared.deployments.read().get(id).cloned()
+    }
+
+    /// Adds a deployment at runtime: validates it (1003), refuses a taken id (1014), releases
+    /// instances an earlier run left for it, and binds its dedicated listener if it has one.
+    pub async fn add_deployment(&self, config: DeployConfig) -> Result<Controller, BuildError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(GatewayError::new(ErrorCode::ShuttingDown).into());
+        }
+        validate_deployment(&config)
+            .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
+        let provider = self
+            .shared
+            .providers
+            .get(&config.provider)
+            .cloned()
+            .ok_or_else(|| {
+                GatewayError::with_detail(
+                    ErrorCode::InvalidConfig,
+                    format!("provider: {:?} is not configured", config.provider),
+                )
+            })?;
+        if self.deployment(&config.id).is_some() {
+            return Err(GatewayError::with_detail(ErrorCode::DeploymentExists, &config.id).into());
+        }
+        let listener = match config.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| BuildError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let id = config.id.clone();
+        let controller = Controller::builder(config, provider)
+            .events(self.shared.metrics.clone())
+            .owner("autodeploy")
+            .build()
+            .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
+        // Instances an earlier run left behind are unknown to the new controller (its own
+        // are recorded before their create call), so this releases exactly the leftovers.
+        match controller.reconcile().await {
+            Ok(released) if !released.is_empty() => {
+                tracing::warn!(deployment = id, ?released, "released instances left by an earlier run");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(deployment = id, %err, "reconciliation failed"),
+        }
+        let deployment = Arc::new(Deployment {
+            id: id.clone(),
+            controller: controller.clone(),
+            cursor: Mutex::new(RoundRobin::default()),
+            listener: Mutex::new(None),
+        });
+        {
+            let mut map = self.shared.deployments.write();
+            if map.contains_key(&id) {
+                drop(map);
+                tokio::spawn(async move { controller.shutdown(Default::default()).await });
+                return Err(GatewayError::with_detail(ErrorCode::DeploymentExists, &id).into());
+            }
+            map.insert(id.clone(), deployment.clone());
+        }
+        if let Some(listener) = listener {
+            let (stop, mut stopped) = watch::channel(false);
+            let service = DeploymentService {
+                gateway: self.clone(),
+                id: id.clone(),
+            };
+            let settings = self.shared.settings.clone();
+            let task = tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                server::run(listener, service, &settings, shutdown).await;
+            });
+            *deployment.listener.lock() = Some(DedicatedListener { stop, task });
+        }
+        tracing::info!(deployment = id, "deployment added");
+        Ok(controller)
+    }
+
+    /// Replaces a deployment's configuration (validated; the id, provider and listen address
+    /// cannot change).
+    pub fn update_deployment(&self, config: DeployConfig) -> Result<(), GatewayError> {
+        validate_deployment(&config)
+            .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
+        let deployment = self
+            .deployment(&config.id)
+            .ok_or(ErrorCode::DeploymentNotFound)?;
+        let current = deployment.controller.config();
+        if current.provider != config.provider {
+            return Err(GatewayError::with_detail(
+                ErrorCode::InvalidConfig,
+                "provider: cannot change; delete the deployment and create it again",
+            ));
+        }
+        if current.listen != config.listen {
+            return Err(GatewayError::with_detail(
+                ErrorCode::InvalidConfig,
+                "listen: cannot change; delete the deployment and create it again",
+            ));
+        }
+        deployment
+            .controller
+            .update_config(config)
+            .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))
+    }
+
+    /// Removes a deployment: its link answers 1002 at once, its instances drain (bounded by
+    /// the drain timeout) and are released. Resolves when they are.
+    pub async fn remove_deployment(&self, id: &str) -> Result<(), GatewayError> {
+        let deployment = self
+            .shared
+            .deployments
+            .write()
+            .remove(id)
+            .ok_or(ErrorCode::DeploymentNotFound)?;
+        stop_dedicated(&deployment).await;
+        deployment
+            .controller
+            .shutdown(self.shared.settings.drain_timeout)
+            .await;
+        tracing::info!(deployment = id, "deployment removed");
+        Ok(())
+    }
+
+    /// The service answering links (`/d/{id}/...`), the management API (`/api/v1`),
+    /// `/metrics` and `/healthz`; mount it in any hyper or axum server.
+    pub fn service(&self) -> GatewayService {
+        GatewayService {
+            gateway: self.clone(),
+            api: api::router(self.clone()),
+        }
+    }
+
+    /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets
+    /// open requests finish (bounded by the drain timeout) and releases every instance.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        server::run(listener, self.service(), &self.shared.settings, shutdown).await;
+        self.shutdown().await;
+    }
+
+    /// Stops every deployment: new requests get 1015, in-flight ones may finish within the
+    /// drain timeout, every instance is released. Resolves when all are.
+    pub async fn shutdown(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let deployments: Vec<Arc<Deployment>> =
+            self.shared.deployments.read().values().cloned().collect();
+        let drain = self.shared.settings.drain_timeout;
+        let mut tasks = Vec::new();
+        for deployment in deployments {
+            tasks.push(tokio::spawn(async move {
+                stop_dedicated(&deployment).await;
+                deployment.controller.shutdown(drain).await;
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Answers one request: a link, or anything else through the management router.
+    async fn handle(&self, api: axum::Router, req: Request<Body>) -> Response<Body> {
+        let path = req.uri().path();
+        if let Some(rest) = path.strip_prefix("/d/") {
+            let (id, forwarded) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            let Some(deployment) = self.deployment(id) else {
+                return error_response(&ErrorCode::DeploymentNotFound.into());
+            };
+            let mut path_and_query = forwarded.to_owned();
+            if let Some(query) = req.uri().query() {
+                path_and_query.push('?');
+                path_and_query.push_str(query);
+            }
+            return forward(&self.shared, &deployment, req, &path_and_query).await;
+        }
+        match api.oneshot(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+async fn stop_dedicated(deployment: &Deployment) {
+    let listener = deployment.listener.lock().take();
+    if let Some(listener) = listener {
+        let _ = listener.stop.send(true);
+        let _ = listener.task.await;
+    }
+}
+
+impl fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gateway")
+            .field("deployments", &self.shared.deployments.read().keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gateway as a [`tower::Service`]: links, management API, `/metrics`, `/healthz`.
+#[derive(Clone)]
+pub struct GatewayService {
+    gateway: Gateway,
+    api: axum::Router,
+}
+
+impl fmt::Debug for GatewayService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayService").finish_non_exhaustive()
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl Service<Request<Body>> for GatewayService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let gateway = self.gateway.clone();
+        let api = self.api.clone();
+        Box::pin(async move { Ok(gateway.handle(api, req).await) })
+    }
+}
+
+/// A deployment's dedicated listener: every path goes to that deployment unchanged.
+#[derive(Clone)]
+pub(crate) struct DeploymentService {
+    gateway: Gateway,
+    id: String,
+}
+
+impl Service<Request<Body>> for DeploymentService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let gateway = self.gateway.clone();
+        let id = self.id.clone();
+        Box::pin(async move {
+            let Some(deployment) = gateway.deployment(&id) else {
+                return Ok(error_response(&ErrorCode::DeploymentNotFound.into()));
+            };
+            let path_and_query = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+            Ok(forward(&gateway.shared, &deployment, req, &path_and_query).await)
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! Header rules of a reverse proxy: hop-by-hop removal (RFC 9110 §7.6.1), `X-Forwarded-*`,
+//! and the gateway's own control headers.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The request header that selects a route rule (the product's name).
+pub const DEPLOY_ROUTE_RULE: HeaderName = HeaderName::from_static("deploy-route-rule");
+/// The response header naming the instance that produced the response (the product's name).
+pub const DEPLOY_ROUTE_TARGET: HeaderName = HeaderName::from_static("deploy-route-target");
+/// The response header saying how long the request waited for an instance (cold start,
+/// scale-out, queue), in milliseconds; absent when it was routed at once.
+pub const DEPLOY_WAIT_MS: HeaderName = HeaderName::from_static("deploy-wait-ms");
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, never forwarded (plus whatever `Connection` names).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether the request asks for a protocol upgrade (WebSocket): `Connection: upgrade` and an
+/// `Upgrade` header.
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`. With `keep_upgrade`,
+/// `Upgrade` and `Connection: upgrade` survive (a WebSocket handshake passes through).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let upgrade = keep_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Prepares a client's request headers for the instance: hop-by-hop and gateway control
+/// headers removed, `Host` left to the client library (the instance's address), the original
+/// host, scheme and client address in `X-Forwarded-*`. `Authorization` and every other
+/// end-to-end header stay untouched.
+pub fn prepare_upstream(headers: &mut HeaderMap, client: Option<SocketAddr>, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+    headers.remove(DEPLOY_ROUTE_RULE);
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    if let Some(client) = client {
+        let ip = client.ip().to_string();
+        let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "Bearer sk-template".parse().unwrap());
+        h.insert(DEPLOY_ROUTE_RULE, "random".parse().unwrap());
+        h.insert(header::HOST, "gw:8000".parse().unwrap());
+        prepare_upstream(&mut h, Some("10.0.0.1:5555".parse().unwrap()), false);
+        assert!(!h.contains_key("x-secret"));
+        assert!(!h.contains_key(header::CONNECTION));
+        assert!(!h.contains_key(header::TE));
+        assert!(!h.contains_key(DEPLOY_ROUTE_RULE));
+        assert!(!h.contains_key(header::HOST));
+        assert_eq!(h[header::AUTHORIZATION], "Bearer sk-template");
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
+        assert_eq!(h[X_FORWARDED_HOST], "gw:8000");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "1.2.3.4".parse().unwrap());
+        prepare_upstream(&mut h, Some("127.0.0.1:1".parse().unwrap()), false);
+        assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 127.0.0.1");
+    }
+
+    #[test]
+    fn upgrade_survives_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+}

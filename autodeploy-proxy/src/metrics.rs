@@ -1,0 +1,220 @@
+//! Prometheus metrics: one [`Registry`] per gateway (no global recorder), so several
+//! gateways can live in one process and in one test binary.
+
+use std::sync::atomic::AtomicU64;
+
+use autodeploy_core::{Controller, ControllerEvent, EventSink, InstanceState};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    deployment: String,
+    rule: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    deployment: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    deployment: String,
+    phase: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    deployment: String,
+    state: &'static str,
+}
+
+/// The gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    cold_starts: Family<DeploymentLabels, Counter>,
+    cold_start_seconds: Family<PhaseLabels, Histogram>,
+    start_failures: Family<DeploymentLabels, Counter>,
+    deaths: Family<DeploymentLabels, Counter>,
+    released: Family<DeploymentLabels, Counter>,
+    instances: Family<StateLabels, Gauge>,
+    queue_depth: Family<DeploymentLabels, Gauge>,
+    cost: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const STATES: [(InstanceState, &str); 6] = [
+    (InstanceState::Creating, "creating"),
+    (InstanceState::Starting, "starting"),
+    (InstanceState::Ready, "ready"),
+    (InstanceState::Draining, "draining"),
+    (InstanceState::Failed, "failed"),
+    (InstanceState::Releasing, "releasing"),
+];
+
+impl Metrics {
+    /// Fresh metrics in a registry of their own.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("autodeploy");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Requests through the links, by deployment, route rule and status",
+            requests.clone(),
+        );
+        let cold_starts = Family::default();
+        registry.register(
+            "cold_starts",
+            "Instances that became ready",
+            cold_starts.clone(),
+        );
+        let cold_start_seconds = Family::<PhaseLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 18))
+        });
+        registry.register(
+            "cold_start_seconds",
+            "Cold start duration by phase (create: provider call, boot: until ready, total)",
+            cold_start_seconds.clone(),
+        );
+        let start_failures = Family::default();
+        registry.register(
+            "start_failures",
+            "Instances that failed to start",
+            start_failures.clone(),
+        );
+        let deaths = Family::default();
+        registry.register(
+            "instance_deaths",
+            "Instances that stopped on their own while serving",
+            deaths.clone(),
+        );
+        let released = Family::default();
+        registry.register(
+            "instances_released",
+            "Instances released at the provider",
+            released.clone(),
+        );
+        let instances = Family::default();
+        registry.register(
+            "instances",
+            "Instances by lifecycle state",
+            instances.clone(),
+        );
+        let queue_depth = Family::default();
+        registry.register(
+            "queue_depth",
+            "Requests waiting for an instance",
+            queue_depth.clone(),
+        );
+        let cost = Family::default();
+        registry.register(
+            "cost",
+            "Total spend per deployment (released and running instances), in the price's currency",
+            cost.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            cold_starts,
+            cold_start_seconds,
+            start_failures,
+            deaths,
+            released,
+            instances,
+            queue_depth,
+            cost,
+        }
+    }
+
+    /// Counts one request answered with `status` under route rule `rule`.
+    pub fn request(&self, deployment: &str, rule: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                deployment: deployment.to_owned(),
+                rule,
+                status,
+            })
+            .inc();
+    }
+
+    /// Renders every metric in the Prometheus text format, with the gauges read from
+    /// `controllers` now.
+    pub fn render<'a>(&self, controllers: impl IntoIterator<Item = &'a Controller>) -> String {
+        self.instances.clear();
+        self.queue_depth.clear();
+        self.cost.clear();
+        for controller in controllers {
+            let deployment = controller.id();
+            let infos = controller.instances();
+            for (state, name) in STATES {
+                let n = infos.iter().filter(|i| i.state == state).count();
+                self.instances
+                    .get_or_create(&StateLabels {
+                        deployment: deployment.clone(),
+                        state: name,
+                    })
+                    .set(n as i64);
+            }
+            let labels = DeploymentLabels { deployment };
+            self.queue_depth
+                .get_or_create(&labels)
+                .set(controller.queue_depth() as i64);
+            self.cost
+                .get_or_create(&labels)
+                .set(controller.total_cost());
+        }
+        let mut out = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(%err, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+impl EventSink for Metrics {
+    fn on_event(&self, deployment: &str, event: &ControllerEvent) {
+        let labels = DeploymentLabels {
+            deployment: deployment.to_owned(),
+        };
+        match event {
+            ControllerEvent::Ready { create, boot, .. } => {
+                self.cold_starts.get_or_create(&labels).inc();
+                for (phase, d) in [("create", *create), ("boot", *boot), ("total", *create + *boot)]
+                {
+                    self.cold_start_seconds
+                        .get_or_create(&PhaseLabels {
+                            deployment: deployment.to_owned(),
+                            phase,
+                        })
+                        .observe(d.as_secs_f64());
+                }
+            }
+            ControllerEvent::StartFailed { error, .. } => {
+                tracing::warn!(deployment, %error, "instance failed to start");
+                self.start_failures.get_or_create(&labels).inc();
+            }
+            ControllerEvent::Died { instance, report } => {
+                tracing::warn!(deployment, %instance, reason = %report.reason, "instance died");
+                self.deaths.get_or_create(&labels).inc();
+            }
+            ControllerEvent::Released { instance, cost, .. } => {
+                tracing::info!(deployment, %instance, cost, "instance released");
+                self.released.get_or_create(&labels).inc();
+            }
+            _ => {}
+        }
+    }
+}
