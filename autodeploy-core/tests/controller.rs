@@ -414,6 +414,34 @@ async fn failed_start_beside_a_busy_instance_leaves_its_waiters_to_that_instance
     assert_eq!(lease.instance(), busy_id);
 }
 
+#[tokio::test(start_paused = true)]
+async fn failed_start_leaves_its_waiters_to_another_starting_instance() {
+    let p = FakeProvider::with_delays(Duration::ZERO, Duration::from_secs(1));
+    p.fail_ready(Some(ProviderError::StartFailed {
+        reason: "exited with status 1".to_owned(),
+        last_log: Vec::new(),
+    }));
+    let c = controller(config(2), &p);
+    let waiters: Vec<_> = (0..3).map(|_| spawn_acquire(&c)).collect();
+    advance(Duration::from_millis(500)).await;
+    let failing = p.created()[0];
+    p.set_delays(Duration::ZERO, Duration::from_secs(3));
+    let healthy = c.start_instance().unwrap();
+
+    advance(Duration::from_millis(500)).await;
+    assert_eq!(p.releases_of(failing), 1);
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "kept for {healthy}"
+    );
+
+    p.fail_ready(None);
+    for w in waiters {
+        assert_eq!(w.await.unwrap().unwrap().instance(), healthy);
+    }
+    assert_eq!(p.creates(), 2);
+}
+
 // --- warm pool -------------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
@@ -644,6 +672,24 @@ async fn shutdown_releases_in_flight_instances_after_the_drain_period() {
     assert_eq!(began.elapsed(), Duration::from_secs(30));
     assert!(p.live().is_empty());
     drop(in_flight);
+}
+
+// --- reconciliation ---------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn reconcile_releases_instances_left_by_an_earlier_run() {
+    let p = FakeProvider::new();
+    let earlier = controller(config(2), &p);
+    let orphan = earlier.start_instance().unwrap();
+    tokio::time::sleep(CREATE + READY).await;
+    drop(earlier);
+
+    let c = controller(config(2), &p);
+    let mine = c.start_instance().unwrap();
+    settle().await;
+    assert_eq!(c.reconcile().await.unwrap(), vec![orphan]);
+    assert_eq!(p.releases_of(orphan), 1);
+    assert_eq!(p.releases_of(mine), 0);
 }
 
 // --- routing targets ---------------------------------------------------------------------------------
