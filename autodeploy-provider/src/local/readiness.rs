@@ -1,0 +1,210 @@
+//! Readiness: is the instance's port accepting connections, and does its readiness path
+//! answer something other than a 5xx?
+//!
+//! The probe speaks just enough HTTP/1.1 itself (one `GET`, read the status line) to stay
+//! cheap: it runs every few milliseconds while an instance boots. Any status below 500 counts
+//! as ready, 404 included: the service is up and answering, which is what routing needs; a
+//! path that must answer 200 is the service's contract, not the gateway's.
+//!
+//! Probes are fast at first and back off later (see [`Backoff`]): the overhead target is at
+//! most 5 ms between the moment the port opens and the moment the instance is ready, and a
+//! refused connection on loopback costs microseconds.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+
+/// Delays start at 1 ms and double up to this while the start is young.
+const FAST_DELAY: Duration = Duration::from_millis(4);
+/// For how long after create probes stay fast, so services that boot within this window are
+/// seen ready within [`FAST_DELAY`] of opening their port.
+const FAST_WINDOW: Duration = Duration::from_secs(30);
+/// The longest a single probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most bytes read looking for the status line.
+const MAX_STATUS_LINE: usize = 1024;
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The instance is ready.
+    Ready,
+    /// Not yet, and why (for the timeout message).
+    NotYet(String),
+}
+
+/// One readiness check: a TCP connect, and optionally a `GET` of a path.
+#[derive(Debug, Clone)]
+pub(crate) struct Probe {
+    addr: SocketAddr,
+    path: Option<String>,
+}
+
+impl Probe {
+    /// A probe of `addr`, with the HTTP path if one is configured. A path without a leading
+    /// `/` gets one; a path with whitespace or control characters is refused.
+    pub(crate) fn new(addr: SocketAddr, path: Option<&str>) -> Result<Self, String> {
+        let path = match path {
+            None => None,
+            Some(p) if p.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(format!(
+                    "readiness path {p:?} is not a valid request target"
+                ));
+            }
+            Some(p) if p.starts_with('/') => Some(p.to_owned()),
+            Some(p) => Some(format!("/{p}")),
+        };
+        Ok(Self { addr, path })
+    }
+
+    /// Probes once, bounded by [`PROBE_TIMEOUT`].
+    pub(crate) async fn check(&self) -> Outcome {
+        match timeout(PROBE_TIMEOUT, self.check_unbounded()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::NotYet(format!("no answer within {PROBE_TIMEOUT:?}")),
+        }
+    }
+
+    async fn check_unbounded(&self) -> Outcome {
+        let mut stream = match TcpStream::connect(self.addr).await {
+            Ok(stream) => stream,
+            Err(err) => return Outcome::NotYet(err.to_string()),
+        };
+        let Some(path) = &self.path else {
+            return Outcome::Ready;
+        };
+        let _ = stream.set_nodelay(true);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: autodeploy-readiness\r\n\
+             Accept: */*\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        if let Err(err) = stream.write_all(request.as_bytes()).await {
+            return Outcome::NotYet(err.to_string());
+        }
+        match read_status(&mut stream).await {
+            Ok(status) if status < 500 => Outcome::Ready,
+            Ok(status) => Outcome::NotYet(format!("status {status}")),
+            Err(err) => Outcome::NotYet(err),
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    /// What is tried, as the timeout error says it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "GET http://{}{path}", self.addr),
+            None => write!(f, "TCP connect to {}", self.addr),
+        }
+    }
+}
+
+async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
+    let mut buf = Vec::with_capacity(128);
+    let mut chunk = [0u8; 256];
+    let line_end = loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            break end;
+        }
+        if buf.len() > MAX_STATUS_LINE {
+            return Err("status line too long".into());
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Err("connection closed before a status line".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(err) => return Err(err.to_string()),
+        }
+    };
+    parse_status_line(&buf[..line_end]).ok_or_else(|| {
+        format!(
+            "not an HTTP status line: {:?}",
+            String::from_utf8_lossy(&buf[..line_end])
+        )
+    })
+}
+
+fn parse_status_line(line: &[u8]) -> Option<u16> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.splitn(3, ' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code = parts.next()?;
+    if code.len() != 3 {
+        return None;
+    }
+    code.parse().ok().filter(|c| (100..600).contains(c))
+}
+
+/// The pause before each next probe: 1 ms doubling to [`FAST_DELAY`] during the first
+/// [`FAST_WINDOW`] after create, then doubling on to the deployment's readiness interval.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    created: Instant,
+    interval: Duration,
+    delay: Duration,
+}
+
+impl Backoff {
+    /// A schedule for an instance created at `created`, whose probes may be `interval` apart
+    /// at most.
+    pub(crate) fn new(created: Instant, interval: Duration) -> Self {
+        Self {
+            created,
+            interval: interval.max(Duration::from_millis(1)),
+            delay: Duration::from_millis(1),
+        }
+    }
+
+    /// The next pause.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let cap = if self.created.elapsed() < FAST_WINDOW {
+            FAST_DELAY.min(self.interval)
+        } else {
+            self.interval
+        };
+        let delay = self.delay.min(cap);
+        self.delay = (self.delay * 2).min(self.interval);
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_parse() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 404 Not Found"), Some(404));
+        assert_eq!(parse_status_line(b"HTTP/1.0 503"), Some(503));
+        assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH"), None);
+        assert_eq!(parse_status_line(b"HTTP/1.1 99999 x"), None);
+    }
+
+    #[test]
+    fn paths_are_checked_and_described() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let probe = Probe::new(addr, Some("health")).unwrap();
+        assert_eq!(probe.to_string(), "GET http://127.0.0.1:9/health");
+        assert_eq!(
+            Probe::new(addr, None).unwrap().to_string(),
+            "TCP connect to 127.0.0.1:9"
+        );
+        assert!(Probe::new(addr, Some("/a b")).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_is_fast_first_then_reaches_the_interval() {
+        let mut backoff = Backoff::new(Instant::now(), Duration::from_millis(500));
+        let first: Vec<_> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(first, [1, 2, 4, 4, 4]);
+        tokio::time::advance(FAST_WINDOW).await;
+        let later: Vec<_> = (0..3).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(later, [32, 64, 128]);
+    }
+}
