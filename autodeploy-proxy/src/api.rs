@@ -213,7 +213,10 @@ async fn update_deployment(
     if config.id != id {
         return Err(GatewayError::with_detail(
             ErrorCode::InvalidConfig,
-            format!("id: the body's id {:?} differs from the path's {id:?}", config.id),
+            format!(
+                "id: the body's id {:?} differs from the path's {id:?}",
+                config.id
+            ),
         )
         .into());
     }

@@ -206,6 +206,12 @@ impl GatewayConfig {
                 message: "must not be empty (leave it out to disable)".into(),
             });
         }
+        if let Err(e) = self.providers.simulated.validate() {
+            errors.push(FieldError {
+                field: format!("providers.simulated.{}", e.field),
+                message: e.problem,
+            });
+        }
         if self.gateway.header_read_timeout.is_zero() {
             errors.push(FieldError {
                 field: "gateway.header_read_timeout".into(),

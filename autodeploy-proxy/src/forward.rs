@@ -64,9 +64,11 @@ pub(crate) async fn forward(
             error_response(&err)
         }
     };
-    shared
-        .metrics
-        .request(deployment.id(), rule_label(&rule), response.status().as_u16());
+    shared.metrics.request(
+        deployment.id(),
+        rule_label(&rule),
+        response.status().as_u16(),
+    );
     response
 }
 

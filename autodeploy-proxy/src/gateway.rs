@@ -167,7 +167,11 @@ impl Gateway {
             message: e.to_string(),
         })?;
         builder = builder.provider("local", Arc::new(local));
-        let simulated = autodeploy_provider::Simulated::new(config.providers.simulated.clone());
+        let simulated = autodeploy_provider::Simulated::new(config.providers.simulated.clone())
+            .map_err(|e| BuildError::Provider {
+                name: "simulated".into(),
+                message: e.to_string(),
+            })?;
         builder = builder.provider("simulated", Arc::new(simulated));
         for deployment in config.deployments {
             builder = builder.deployment(deployment);
@@ -244,7 +248,11 @@ impl Gateway {
         // are recorded before their create call), so this releases exactly the leftovers.
         match controller.reconcile().await {
             Ok(released) if !released.is_empty() => {
-                tracing::warn!(deployment = id, ?released, "released instances left by an earlier run");
+                tracing::warn!(
+                    deployment = id,
+                    ?released,
+                    "released instances left by an earlier run"
+                );
             }
             Ok(_) => {}
             Err(err) => tracing::error!(deployment = id, %err, "reconciliation failed"),
@@ -403,7 +411,10 @@ async fn stop_dedicated(deployment: &Deployment) {
 impl fmt::Debug for Gateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Gateway")
-            .field("deployments", &self.shared.deployments.read().keys().collect::<Vec<_>>())
+            .field(
+                "deployments",
+                &self.shared.deployments.read().keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -85,7 +85,11 @@ fn check(path: &std::path::Path) -> ExitCode {
                 "{}: ok ({} deployment{})",
                 path.display(),
                 config.deployments.len(),
-                if config.deployments.len() == 1 { "" } else { "s" }
+                if config.deployments.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
             );
             ExitCode::SUCCESS
         }

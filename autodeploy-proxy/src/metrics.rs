@@ -192,8 +192,11 @@ impl EventSink for Metrics {
         match event {
             ControllerEvent::Ready { create, boot, .. } => {
                 self.cold_starts.get_or_create(&labels).inc();
-                for (phase, d) in [("create", *create), ("boot", *boot), ("total", *create + *boot)]
-                {
+                for (phase, d) in [
+                    ("create", *create),
+                    ("boot", *boot),
+                    ("total", *create + *boot),
+                ] {
                     self.cold_start_seconds
                         .get_or_create(&PhaseLabels {
                             deployment: deployment.to_owned(),

@@ -1,0 +1,132 @@
+//! A gateway on a loopback port with the simulated provider, stopped (and every instance
+//! released) when the test ends, on failure too.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autodeploy_core::{Controller, DeployConfig, GpuProvider};
+use autodeploy_provider::{Simulated, SimulatedConfig};
+use autodeploy_proxy::{Gateway, GatewaySettings};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running gateway and its simulated provider.
+pub struct TestGateway {
+    pub base: String,
+    pub gateway: Gateway,
+    pub sim: Arc<Simulated>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A deployment on the simulated provider.
+pub fn deployment(id: &str, max_instances: u32, idle_retention: Duration) -> DeployConfig {
+    let mut config = DeployConfig::new(id, "simulated", idle_retention, max_instances);
+    config.provider = "simulated".into();
+    config.queue.timeout = Duration::from_secs(20);
+    config.start_timeout = Duration::from_secs(20);
+    config
+}
+
+pub fn sim(boot: Duration) -> Arc<Simulated> {
+    Arc::new(Simulated::new(SimulatedConfig::default().boot_time(boot).seed(7)).expect("sim"))
+}
+
+impl TestGateway {
+    pub async fn start(sim: Arc<Simulated>, deployments: Vec<DeployConfig>) -> Self {
+        Self::with_settings(GatewaySettings::default(), sim, deployments).await
+    }
+
+    pub async fn with_settings(
+        mut settings: GatewaySettings,
+        sim: Arc<Simulated>,
+        deployments: Vec<DeployConfig>,
+    ) -> Self {
+        settings.drain_timeout = Duration::from_secs(2);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let mut builder = Gateway::builder()
+            .settings(settings)
+            .provider("simulated", sim.clone() as Arc<dyn GpuProvider>);
+        for d in deployments {
+            builder = builder.deployment(d);
+        }
+        let gateway = builder.build().await.expect("gateway builds");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = gateway.clone();
+        let task = tokio::spawn(async move {
+            serving
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self {
+            base,
+            gateway,
+            sim,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn controller(&self, id: &str) -> Controller {
+        self.gateway.controller(id).expect("deployment exists")
+    }
+
+    /// Stops the gateway and waits until every instance is released.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        assert_eq!(self.sim.live(), 0, "every instance is released at shutdown");
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Waits (polling, bounded) until `check` holds.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Sends raw bytes to the gateway at `base` and reads the whole answer (the request should
+/// say `Connection: close`).
+pub async fn raw_request(base: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
