@@ -41,7 +41,8 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The management router for `gateway`.
 pub fn router(gateway: Gateway) -> Router {
-    let api = Router::new()
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
         .route(
             "/api/v1/deployments",
             get(list_deployments).post(create_deployment),
@@ -63,17 +64,17 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(|| async { ApiError::from(ErrorCode::MethodNotAllowed) })
         .fallback(|| async { ApiError::from(ErrorCode::NotFound) })
-        .route_layer(middleware::from_fn_with_state(gateway.clone(), authorize));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .merge(api)
-        .fallback(|| async { ApiError::from(ErrorCode::NotFound) })
+        // A layer, not a route layer: unknown paths need the token too, so a caller without
+        // it learns nothing about which routes exist.
+        .layer(middleware::from_fn_with_state(gateway.clone(), authorize))
         .with_state(gateway)
 }
 
 /// Refuses requests without the admin token, when one is configured.
 async fn authorize(State(gateway): State<Gateway>, req: Request<Body>, next: Next) -> Response {
-    if let Some(token) = &gateway.settings().admin_token {
+    if let Some(token) = &gateway.settings().admin_token
+        && req.uri().path() != "/healthz"
+    {
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)

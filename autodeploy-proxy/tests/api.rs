@@ -1,0 +1,263 @@
+//! The management API, `/metrics` and `/healthz` over loopback.
+
+mod support;
+
+use std::time::Duration;
+
+use autodeploy_proxy::GatewaySettings;
+use serde_json::{Value, json};
+use support::{TestGateway, client, deployment, eventually, sim};
+
+const TOKEN: &str = "s3cret-token";
+
+async fn call(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = client().request(method.parse().unwrap(), gw.url(path));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn new_deployment(id: &str) -> Value {
+    json!({
+        "id": id,
+        "provider": "simulated",
+        "start_command": "simulated",
+        "idle_retention": "1m",
+        "max_instances": 2,
+        "price_per_hour": 3.6
+    })
+}
+
+#[tokio::test]
+async fn every_route_but_healthz_needs_the_admin_token() {
+    let mut settings = GatewaySettings::default();
+    settings.admin_token = Some(TOKEN.into());
+    let gw = TestGateway::with_settings(
+        settings,
+        sim(Duration::ZERO),
+        vec![deployment("a", 2, Duration::from_secs(60))],
+    )
+    .await;
+    let routes = [
+        ("GET", "/api/v1/deployments"),
+        ("POST", "/api/v1/deployments"),
+        ("GET", "/api/v1/deployments/a"),
+        ("PUT", "/api/v1/deployments/a"),
+        ("DELETE", "/api/v1/deployments/a"),
+        ("GET", "/api/v1/deployments/a/instances"),
+        ("POST", "/api/v1/deployments/a/instances"),
+        ("GET", "/api/v1/deployments/a/instances/xykemlvy"),
+        ("DELETE", "/api/v1/deployments/a/instances/xykemlvy"),
+        ("GET", "/metrics"),
+        ("GET", "/api/v1/nope"),
+    ];
+    for (method, path) in routes {
+        for token in [None, Some("wrong"), Some("s3cret-tokeN"), Some("")] {
+            let (status, body) = call(&gw, method, path, token, None).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}");
+            assert_eq!(body, json!({"code": 1001, "msg": "unauthorized"}));
+        }
+    }
+    let (status, _) = call(&gw, "GET", "/healthz", None, None).await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&gw, "GET", "/api/v1/deployments", Some(TOKEN), None).await;
+    assert_eq!(status, 200);
+    // Nothing was changed by the refused calls.
+    assert!(gw.gateway.controller("a").is_some());
+    assert_eq!(gw.sim.created(), 0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn deployments_are_created_read_updated_and_deleted_at_runtime() {
+    let gw = TestGateway::start(sim(Duration::ZERO), vec![]).await;
+
+    let (status, body) = call(
+        &gw,
+        "POST",
+        "/api/v1/deployments",
+        None,
+        Some(new_deployment("tts")),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "Standby");
+    assert_eq!(body["link"], "/d/tts/");
+
+    let (status, body) = call(
+        &gw,
+        "POST",
+        "/api/v1/deployments",
+        None,
+        Some(new_deployment("tts")),
+    )
+    .await;
+    assert_eq!((status, body["code"].clone()), (409, json!(1014)));
+
+    // Invalid configs name every problem; bad JSON is a bad request.
+    let mut bad = new_deployment("Bad_Id");
+    bad["max_instances"] = json!(0);
+    let (status, body) = call(&gw, "POST", "/api/v1/deployments", None, Some(bad)).await;
+    assert_eq!((status, body["code"].clone()), (422, json!(1003)));
+    let msg = body["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("id:") && msg.contains("max_instances:"),
+        "{msg}"
+    );
+    let resp = client()
+        .post(gw.url("/api/v1/deployments"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let (status, body) = call(
+        &gw,
+        "POST",
+        "/api/v1/deployments",
+        None,
+        Some(json!({"id": "x"})),
+    )
+    .await;
+    assert_eq!((status, body["code"].clone()), (422, json!(1003)), "{body}");
+
+    // The link works, and the detail shows the instance and its cost.
+    let resp = client().get(gw.url("/d/tts/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, body) = call(&gw, "GET", "/api/v1/deployments/tts", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "Running");
+    assert_eq!(body["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(body["instances"][0]["state"], "ready");
+    assert_eq!(body["instances"][0]["served"], 1);
+    assert_eq!(body["config"]["max_instances"], 2);
+    assert!(body["total_cost"].as_f64().unwrap() >= 0.0);
+
+    // Update: validated, applied at once; the id cannot change.
+    let mut update = new_deployment("tts");
+    update["max_instances"] = json!(3);
+    let (status, body) = call(&gw, "PUT", "/api/v1/deployments/tts", None, Some(update)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["config"]["max_instances"], 3);
+    let (status, body) = call(
+        &gw,
+        "PUT",
+        "/api/v1/deployments/tts",
+        None,
+        Some(new_deployment("other")),
+    )
+    .await;
+    assert_eq!((status, body["code"].clone()), (422, json!(1003)));
+    let (status, body) = call(
+        &gw,
+        "PUT",
+        "/api/v1/deployments/nope",
+        None,
+        Some(new_deployment("nope")),
+    )
+    .await;
+    assert_eq!((status, body["code"].clone()), (404, json!(1002)));
+
+    // Delete drains and releases its instances; the link is gone.
+    let (status, body) = call(&gw, "DELETE", "/api/v1/deployments/tts", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(gw.sim.live(), 0);
+    let resp = client().get(gw.url("/d/tts/")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let (status, _) = call(&gw, "DELETE", "/api/v1/deployments/tts", None, None).await;
+    assert_eq!(status, 404);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn instances_are_pre_warmed_and_released_by_id() {
+    let gw = TestGateway::start(
+        sim(Duration::from_millis(50)),
+        vec![deployment("warm", 2, Duration::from_secs(60))],
+    )
+    .await;
+    let path = "/api/v1/deployments/warm/instances";
+    let (status, first) = call(&gw, "POST", path, None, None).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, _) = call(&gw, "POST", path, None, None).await;
+    assert_eq!(status, 201);
+    let (status, body) = call(&gw, "POST", path, None, None).await;
+    assert_eq!(status, 429);
+    assert_eq!(
+        body,
+        json!({"code": 1007, "msg": "deployment replica quota exceeded"})
+    );
+
+    let id = first["id"].as_str().unwrap().to_owned();
+    let controller = gw.controller("warm");
+    eventually("both ready", || controller.view().ready().len() == 2).await;
+    let (status, body) = call(&gw, "GET", &format!("{path}/{id}"), None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], id.as_str());
+    assert!(body["last_log"].is_array());
+
+    let (status, _) = call(&gw, "DELETE", &format!("{path}/{id}"), None, None).await;
+    assert_eq!(status, 202);
+    eventually("released", || gw.sim.released() == 1).await;
+    for bad in ["zzzzzzzz", "NOT-AN-ID", &id] {
+        let (status, body) = call(&gw, "DELETE", &format!("{path}/{bad}"), None, None).await;
+        assert_eq!((status, body["code"].clone()), (404, json!(1016)), "{bad}");
+    }
+    let (status, body) = call(&gw, "PATCH", path, None, None).await;
+    assert_eq!((status, body["code"].clone()), (405, json!(1017)));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_cold_starts_instances_and_cost() {
+    let gw = TestGateway::start(
+        sim(Duration::from_millis(20)),
+        vec![deployment("m", 1, Duration::from_secs(60))],
+    )
+    .await;
+    for _ in 0..3 {
+        client().get(gw.url("/d/m/")).send().await.unwrap();
+    }
+    client()
+        .get(gw.url("/d/m/"))
+        .header("Deploy-Route-Rule", "scale-out")
+        .send()
+        .await
+        .unwrap();
+    let text = client()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"autodeploy_requests_total{deployment="m",rule="default",status="200"} 3"#,
+        r#"autodeploy_requests_total{deployment="m",rule="scale-out",status="429"} 1"#,
+        r#"autodeploy_cold_starts_total{deployment="m"} 1"#,
+        r#"autodeploy_cold_start_seconds_count{deployment="m",phase="total"} 1"#,
+        r#"autodeploy_instances{deployment="m",state="ready"} 1"#,
+        r#"autodeploy_queue_depth{deployment="m"} 0"#,
+        r#"autodeploy_cost{deployment="m"}"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    gw.stop().await;
+}
