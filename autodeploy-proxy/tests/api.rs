@@ -46,8 +46,10 @@ fn new_deployment(id: &str) -> Value {
 
 #[tokio::test]
 async fn every_route_but_healthz_needs_the_admin_token() {
-    let mut settings = GatewaySettings::default();
-    settings.admin_token = Some(TOKEN.into());
+    let settings = GatewaySettings {
+        admin_token: Some(TOKEN.into()),
+        ..GatewaySettings::default()
+    };
     let gw = TestGateway::with_settings(
         settings,
         sim(Duration::ZERO),
