@@ -33,8 +33,20 @@ const MAX_STATUS_LINE: usize = 1024;
 pub(crate) enum Outcome {
     /// The instance is ready.
     Ready,
-    /// Not yet, and why (for the timeout message).
-    NotYet(String),
+    /// Nothing accepts connections yet, and why (for the timeout message).
+    Closed(String),
+    /// The port accepts connections but the readiness path is not answered below 500.
+    NotReady(String),
+}
+
+impl Outcome {
+    /// Why the instance is not ready, if it is not.
+    pub(crate) fn reason(self) -> Option<String> {
+        match self {
+            Self::Ready => None,
+            Self::Closed(why) | Self::NotReady(why) => Some(why),
+        }
+    }
 }
 
 /// One readiness check: a TCP connect, and optionally a `GET` of a path.
@@ -65,14 +77,14 @@ impl Probe {
     pub(crate) async fn check(&self) -> Outcome {
         match timeout(PROBE_TIMEOUT, self.check_unbounded()).await {
             Ok(outcome) => outcome,
-            Err(_) => Outcome::NotYet(format!("no answer within {PROBE_TIMEOUT:?}")),
+            Err(_) => Outcome::NotReady(format!("no answer within {PROBE_TIMEOUT:?}")),
         }
     }
 
     async fn check_unbounded(&self) -> Outcome {
         let mut stream = match TcpStream::connect(self.addr).await {
             Ok(stream) => stream,
-            Err(err) => return Outcome::NotYet(err.to_string()),
+            Err(err) => return Outcome::Closed(err.to_string()),
         };
         let Some(path) = &self.path else {
             return Outcome::Ready;
@@ -84,12 +96,12 @@ impl Probe {
             self.addr
         );
         if let Err(err) = stream.write_all(request.as_bytes()).await {
-            return Outcome::NotYet(err.to_string());
+            return Outcome::NotReady(err.to_string());
         }
         match read_status(&mut stream).await {
             Ok(status) if status < 500 => Outcome::Ready,
-            Ok(status) => Outcome::NotYet(format!("status {status}")),
-            Err(err) => Outcome::NotYet(err),
+            Ok(status) => Outcome::NotReady(format!("status {status}")),
+            Err(err) => Outcome::NotReady(err),
         }
     }
 }
@@ -141,13 +153,17 @@ fn parse_status_line(line: &[u8]) -> Option<u16> {
     code.parse().ok().filter(|c| (100..600).contains(c))
 }
 
-/// The pause before each next probe: 1 ms doubling to [`FAST_DELAY`] during the first
-/// [`FAST_WINDOW`] after create, then doubling on to the deployment's readiness interval.
+/// The pause before each next probe: 1 ms, doubling up to the deployment's readiness
+/// interval; but while the port is still closed during the first [`FAST_WINDOW`] after
+/// create, at most [`FAST_DELAY`]. When the port first opens the doubling starts again from
+/// 1 ms. A closed loopback port costs microseconds to try; a service that answers its
+/// readiness path with 5xx is not hammered.
 #[derive(Debug)]
 pub(crate) struct Backoff {
     created: Instant,
     interval: Duration,
     delay: Duration,
+    seen_open: bool,
 }
 
 impl Backoff {
@@ -158,12 +174,17 @@ impl Backoff {
             created,
             interval: interval.max(Duration::from_millis(1)),
             delay: Duration::from_millis(1),
+            seen_open: false,
         }
     }
 
-    /// The next pause.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let cap = if self.created.elapsed() < FAST_WINDOW {
+    /// The next pause, after a probe that found the port `open` or not.
+    pub(crate) fn next_delay(&mut self, open: bool) -> Duration {
+        if open && !self.seen_open {
+            self.seen_open = true;
+            self.delay = Duration::from_millis(1);
+        }
+        let cap = if !open && self.created.elapsed() < FAST_WINDOW {
             FAST_DELAY.min(self.interval)
         } else {
             self.interval
@@ -201,10 +222,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn backoff_is_fast_first_then_reaches_the_interval() {
         let mut backoff = Backoff::new(Instant::now(), Duration::from_millis(500));
-        let first: Vec<_> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
+        let first: Vec<_> = (0..5)
+            .map(|_| backoff.next_delay(false).as_millis())
+            .collect();
         assert_eq!(first, [1, 2, 4, 4, 4]);
+        let open: Vec<_> = (0..3)
+            .map(|_| backoff.next_delay(true).as_millis())
+            .collect();
+        assert_eq!(open, [1, 2, 4], "the doubling restarts when the port opens");
+        let open: Vec<_> = (0..8)
+            .map(|_| backoff.next_delay(true).as_millis())
+            .collect();
+        assert_eq!(open, [8, 16, 32, 64, 128, 256, 500, 500]);
         tokio::time::advance(FAST_WINDOW).await;
-        let later: Vec<_> = (0..3).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(later, [32, 64, 128]);
+        let mut closed_late = Backoff::new(Instant::now() - FAST_WINDOW, Duration::from_millis(10));
+        let late: Vec<_> = (0..6)
+            .map(|_| closed_late.next_delay(false).as_millis())
+            .collect();
+        assert_eq!(late, [1, 2, 4, 8, 10, 10]);
     }
 }
