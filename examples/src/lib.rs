@@ -1,1 +1,8 @@
-//! autodeploy-examples (in progress).
+//! # autodeploy-examples
+//!
+//! Runnable programs around autodeploy, and what they share:
+//!
+//! - [`speech`]: the BreezyVoice stand-in behind the seed's first walkthrough (the `speech`
+//!   binary, `cargo run -p autodeploy-examples --bin speech -- --port 8080`).
+
+pub mod speech;
