@@ -191,7 +191,9 @@ impl Local {
     }
 
     /// Spawns the instance for `spec` with its GPUs already granted. On error nothing runs.
-    async fn launch(
+    /// Synchronous on purpose: with no `await` between spawning and returning the instance, a
+    /// cancelled create cannot forget a process (nor its GPUs).
+    fn launch(
         &self,
         spec: &InstanceSpec,
         gpus: &GpuGrant,
@@ -264,9 +266,8 @@ impl Local {
                 started_at_unix_ms: unix_ms(),
             };
             if let Err(err) = state.write(&record) {
-                // The gate is still closed: the command never ran.
+                // The gate is still closed: the command never ran. Tokio reaps the child.
                 process::signal_group(pid, Signal::SIGKILL);
-                let _ = gated.child.wait().await;
                 return Err(ProviderError::Backend(format!(
                     "could not record instance {} in {}: {err}",
                     spec.instance,
@@ -275,7 +276,7 @@ impl Local {
             }
         }
         let start_ticks = gated.start_ticks;
-        let child = match gated.open().await {
+        let child = match gated.open() {
             Ok(child) => child,
             Err(err) => {
                 process::signal_group(pid, Signal::SIGKILL);
@@ -385,7 +386,7 @@ impl GpuProvider for Local {
             return Ok(existing.endpoint.clone());
         }
         let gpus = self.pool.acquire(spec.gpu.count)?;
-        match self.launch(&spec, &gpus, created).await {
+        match self.launch(&spec, &gpus, created) {
             Ok(instance) => {
                 let endpoint = instance.endpoint.clone();
                 self.instances.lock().insert(spec.instance, instance);

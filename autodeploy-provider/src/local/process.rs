@@ -18,14 +18,13 @@
 //! we can ask.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 
 /// The shell script every instance runs: wait at the gate, then become `sh -c <command>`
@@ -90,11 +89,12 @@ pub(crate) fn spawn(launch: Launch<'_>) -> io::Result<Gated> {
 }
 
 impl Gated {
-    /// Lets the command run.
-    pub(crate) async fn open(mut self) -> io::Result<Child> {
-        self.gate.write_all(b"go\n").await?;
-        self.gate.flush().await?;
-        drop(self.gate);
+    /// Lets the command run. Synchronous on purpose: an `await` here would be a point where a
+    /// cancelled create could open the gate and then forget the child. Three bytes into an
+    /// empty pipe never block.
+    pub(crate) fn open(self) -> io::Result<Child> {
+        let mut gate = std::fs::File::from(self.gate.into_owned_fd()?);
+        gate.write_all(b"go\n")?;
         Ok(self.child)
     }
 }
