@@ -39,6 +39,14 @@
 //! end, then SIGKILL to the group. The group is signalled even when the leader has already
 //! exited, so no grandchild is left behind; the leader is reaped by the task that waits on it.
 //!
+//! # What `list` and `wait_exit` report
+//!
+//! `list` reports every instance held until it is released, including one that exited on its
+//! own (the caller still releases it, which frees its record). `wait_exit` resolves with the
+//! exit status and last log lines when the process exits without being released; an exit
+//! caused by `release` is not a death, so a `wait_exit` pending when release begins never
+//! resolves, while one called after release (an unknown id) resolves at once.
+//!
 //! # Restarts and dropping the provider
 //!
 //! With a [`LocalConfig::state_dir`], every instance is recorded there (a JSON file with its
