@@ -13,5 +13,5 @@
 pub mod local;
 pub mod simulated;
 
-pub use local::{Local, LocalConfig};
-pub use simulated::{Simulated, SimulatedConfig};
+pub use local::{Local, LocalConfig, LocalConfigError};
+pub use simulated::{Simulated, SimulatedConfig, SimulatedConfigError};

@@ -206,6 +206,12 @@ impl GatewayConfig {
                 message: "must not be empty (leave it out to disable)".into(),
             });
         }
+        if let Err(e) = self.providers.local.validate() {
+            errors.push(FieldError {
+                field: "providers.local".into(),
+                message: e.to_string(),
+            });
+        }
         if let Err(e) = self.providers.simulated.validate() {
             errors.push(FieldError {
                 field: format!("providers.simulated.{}", e.field),
@@ -311,6 +317,33 @@ mod tests {
                 "gateway.admin_token",
             ]
         );
+    }
+
+    #[test]
+    fn provider_tables_parse_and_are_validated() {
+        let config = GatewayConfig::parse(
+            r#"
+            [providers.local]
+            gpus = ["0", "1"]
+            release_grace = "2s"
+
+            [providers.simulated]
+            boot_time = "200ms"
+            failure_probability = 1.5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.providers.local.gpus, ["0", "1"]);
+        assert_eq!(
+            config.providers.simulated.boot_time,
+            Duration::from_millis(200)
+        );
+        let errors = config.validate().unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].field, "providers.simulated.failure_probability");
+
+        let config = GatewayConfig::parse("[providers.local]\ngpus = [\"0\", \"0\"]\n").unwrap();
+        assert_eq!(config.validate().unwrap_err().0[0].field, "providers.local");
     }
 
     #[test]

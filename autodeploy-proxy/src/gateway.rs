@@ -166,17 +166,21 @@ impl Gateway {
             name: "local".into(),
             message: e.to_string(),
         })?;
-        builder = builder.provider("local", Arc::new(local));
+        let local = Arc::new(local);
+        builder = builder.provider("local", local.clone());
         let simulated = autodeploy_provider::Simulated::new(config.providers.simulated.clone())
             .map_err(|e| BuildError::Provider {
                 name: "simulated".into(),
                 message: e.to_string(),
             })?;
         builder = builder.provider("simulated", Arc::new(simulated));
+        let configured: Vec<String> = config.deployments.iter().map(|d| d.id.clone()).collect();
         for deployment in config.deployments {
             builder = builder.deployment(deployment);
         }
-        builder.build().await
+        let gateway = builder.build().await?;
+        release_unconfigured(&local, &configured).await;
+        Ok(gateway)
     }
 
     /// The settings the gateway runs with.
@@ -396,6 +400,33 @@ impl Gateway {
         match api.oneshot(req).await {
             Ok(response) => response,
             Err(never) => match never {},
+        }
+    }
+}
+
+/// Releases local instances an earlier run left for deployments that are no longer
+/// configured (removed from the file, or created through the API, which is not persisted):
+/// each deployment's own leftovers are released when it is added.
+async fn release_unconfigured(local: &autodeploy_provider::Local, configured: &[String]) {
+    let held = match local.list_all().await {
+        Ok(held) => held,
+        Err(err) => {
+            tracing::error!(%err, "cannot list the local provider's instances");
+            return;
+        }
+    };
+    for instance in held {
+        let deployment = instance
+            .labels
+            .get(autodeploy_core::provider::LABEL_DEPLOYMENT)
+            .map(String::as_str)
+            .unwrap_or_default();
+        if configured.iter().any(|c| c == deployment) {
+            continue;
+        }
+        tracing::warn!(deployment, instance = %instance.id, "releasing an instance of a deployment that is no longer configured");
+        if let Err(err) = local.release(instance.id).await {
+            tracing::error!(instance = %instance.id, %err, "release failed");
         }
     }
 }

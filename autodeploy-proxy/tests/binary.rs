@@ -248,3 +248,37 @@ fn a_restart_after_sigkill_releases_what_the_killed_gateway_left() {
     assert_eq!(get(port, "/d/files/", None).0, 200);
     assert_eq!(marked_processes(&marker).len(), 1);
 }
+
+#[test]
+fn a_restart_releases_instances_of_deployments_no_longer_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let marker = format!("removed-{}-{port}", std::process::id());
+    let config = write_config(dir.path(), port, &marker);
+    let mut gw = Gateway {
+        child: Some(spawn(&config, port)),
+        marker: marker.clone(),
+    };
+    assert_eq!(get(port, "/d/files/", None).0, 200);
+    let mut child = gw.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(marked_processes(&marker).len(), 1);
+
+    // The deployment is renamed while the gateway is down: its old instance has no owner.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("id = \"files\"", "id = \"renamed\"");
+    std::fs::write(&config, text).unwrap();
+    gw.child = Some(spawn(&config, port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marked_processes(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the unowned instance was not released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(port, "/d/files/", None).0, 404);
+    assert_eq!(get(port, "/d/renamed/", None).0, 200);
+}

@@ -13,6 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod local;
+pub mod recording;
+
 /// A running gateway and its simulated provider.
 pub struct TestGateway {
     pub base: String,
@@ -41,8 +44,18 @@ impl TestGateway {
     }
 
     pub async fn with_settings(
+        settings: GatewaySettings,
+        sim: Arc<Simulated>,
+        deployments: Vec<DeployConfig>,
+    ) -> Self {
+        Self::with_providers(settings, sim, Vec::new(), deployments).await
+    }
+
+    /// A gateway with the simulated provider and `extra` providers by name.
+    pub async fn with_providers(
         mut settings: GatewaySettings,
         sim: Arc<Simulated>,
+        extra: Vec<(&str, Arc<dyn GpuProvider>)>,
         deployments: Vec<DeployConfig>,
     ) -> Self {
         settings.drain_timeout = Duration::from_secs(2);
@@ -51,6 +64,9 @@ impl TestGateway {
         let mut builder = Gateway::builder()
             .settings(settings)
             .provider("simulated", sim.clone() as Arc<dyn GpuProvider>);
+        for (name, provider) in extra {
+            builder = builder.provider(name, provider);
+        }
         for d in deployments {
             builder = builder.deployment(d);
         }
