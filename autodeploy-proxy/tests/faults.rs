@@ -63,7 +63,10 @@ async fn a_simulated_instance_killed_mid_request_answers_1010_and_is_replaced() 
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
     assert_eq!((status, code_of(&body)), (502, Some(1010)), "{body}");
-    assert!(answered_after < Duration::from_millis(500), "{answered_after:?}");
+    assert!(
+        answered_after < Duration::from_millis(500),
+        "{answered_after:?}"
+    );
 
     // Marked failed, released at the provider, forgotten by the controller.
     let controller = gw.controller("d");
@@ -100,7 +103,10 @@ async fn a_simulated_instance_killed_mid_stream_cuts_the_body_and_frees_the_inst
     assert_eq!(resp.status(), 200);
     let victim = target(&resp);
     let mut body = resp.bytes_stream();
-    body.next().await.expect("a first event").expect("no error yet");
+    body.next()
+        .await
+        .expect("a first event")
+        .expect("no error yet");
 
     let killed = Instant::now();
     assert!(gw.sim.kill(victim.parse().unwrap()).await);
@@ -116,7 +122,10 @@ async fn a_simulated_instance_killed_mid_stream_cuts_the_body_and_frees_the_inst
     .await
     .expect("the cut body ends promptly");
     let cut_after = killed.elapsed();
-    assert!(ended, "the client sees an error, not a clean end of the body");
+    assert!(
+        ended,
+        "the client sees an error, not a clean end of the body"
+    );
     assert!(cut_after < Duration::from_millis(500), "{cut_after:?}");
     eventually("the dead instance is released", || {
         !held(&gw.sim).contains(&victim)
@@ -180,7 +189,10 @@ async fn a_local_process_killed_with_sigkill_mid_request_answers_1010_and_is_rep
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
     assert_eq!((status, code_of(&body)), (502, Some(1010)), "{body}");
-    assert!(answered_after < Duration::from_secs(1), "{answered_after:?}");
+    assert!(
+        answered_after < Duration::from_secs(1),
+        "{answered_after:?}"
+    );
 
     let controller = gw.controller("d");
     eventually("the dead instance is released", || {
@@ -226,7 +238,10 @@ async fn a_failing_create_answers_every_waiter_at_once_and_returns_to_standby() 
     }
     let answered_after = began.elapsed();
     // The queue would hold them for 20 s; a failed start answers at once.
-    assert!(answered_after < Duration::from_secs(2), "{answered_after:?}");
+    assert!(
+        answered_after < Duration::from_secs(2),
+        "{answered_after:?}"
+    );
     let controller = gw.controller("d");
     eventually("back to Standby", || {
         controller.status() == DeploymentStatus::Standby && gw.sim.live() == 0
@@ -243,7 +258,7 @@ async fn a_failing_create_answers_every_waiter_at_once_and_returns_to_standby() 
         gw.sim
             .calls()
             .iter()
-            .filter(|c| matches!(c, autodeploy_provider::Call::Create { .. }))
+            .filter(|c| matches!(c, autodeploy_provider::simulated::Call::Create { .. }))
             .count()
     );
     gw.stop().await;
@@ -260,7 +275,10 @@ async fn no_capacity_at_the_provider_answers_1011_and_returns_to_standby() {
         ],
     )
     .await;
-    assert_eq!(client().get(gw.url("/d/a/")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client().get(gw.url("/d/a/")).send().await.unwrap().status(),
+        200
+    );
     let began = Instant::now();
     let resp = client().get(gw.url("/d/b/")).send().await.unwrap();
     let status = resp.status().as_u16();
@@ -294,7 +312,10 @@ async fn a_simulated_instance_that_never_becomes_ready_times_out_with_1005_and_i
         assert_eq!((status, code_of(&body)), (504, Some(1005)), "{body}");
     }
     let answered_after = began.elapsed();
-    assert!(answered_after < Duration::from_secs(2), "{answered_after:?}");
+    assert!(
+        answered_after < Duration::from_secs(2),
+        "{answered_after:?}"
+    );
     let controller = gw.controller("d");
     eventually("released and Standby", || {
         gw.sim.live() == 0 && controller.status() == DeploymentStatus::Standby
@@ -315,7 +336,10 @@ async fn a_local_process_that_never_listens_times_out_with_1005_and_is_killed() 
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
     assert_eq!((status, code_of(&body)), (504, Some(1005)), "{body}");
-    assert!(answered_after < Duration::from_secs(3), "{answered_after:?}");
+    assert!(
+        answered_after < Duration::from_secs(3),
+        "{answered_after:?}"
+    );
     let controller = gw.controller("d");
     eventually("the process is killed", || {
         marked_processes(&marker).is_empty() && controller.instances().is_empty()
@@ -415,7 +439,7 @@ async fn a_thousand_concurrent_requests_over_every_rule_with_crashing_instances_
                     Ok(resp) => {
                         let status = resp.status().as_u16();
                         match resp.text().await {
-                            Ok(body) if status == 200 => Ok(200),
+                            Ok(_) if status == 200 => Ok(200),
                             Ok(body) => code_of(&body)
                                 .map(|c| c as u16)
                                 .ok_or(format!("{status} without a JSON error: {body}")),
@@ -450,8 +474,15 @@ async fn a_thousand_concurrent_requests_over_every_rule_with_crashing_instances_
         );
     }
     assert!(slowest < Duration::from_secs(12), "{slowest:?}");
-    assert!(by_outcome.get(&200).copied().unwrap_or(0) > 100, "{by_outcome:?}");
-    assert!(gw.sim.max_live() <= MAX as usize, "max_live {}", gw.sim.max_live());
+    assert!(
+        by_outcome.get(&200).copied().unwrap_or(0) > 100,
+        "{by_outcome:?}"
+    );
+    assert!(
+        gw.sim.max_live() <= MAX as usize,
+        "max_live {}",
+        gw.sim.max_live()
+    );
     assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic was logged");
     eprintln!(
         "stress: 1000 requests in {total:?}, slowest {slowest:?}, outcomes {by_outcome:?} \
