@@ -117,7 +117,8 @@ pub struct QueueConfig {
     /// The most requests waiting at once; one more gets "queue full".
     #[serde(default = "default_queue_size")]
     pub max_waiting: usize,
-    /// The longest one request is held waiting for capacity.
+    /// The longest one request is held waiting for capacity. Keep it above `start_timeout`
+    /// so that a request held through a failing cold start gets the start's error.
     #[serde(default = "default_wait_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -146,8 +147,10 @@ fn default_probe_interval() -> Duration {
 fn default_queue_size() -> usize {
     1000
 }
+/// Longer than the default start timeout, so a request held through a cold start that fails
+/// hears why (1004/1005) rather than a bare wait timeout (1009).
 fn default_wait_timeout() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_secs(360)
 }
 
 /// One problem in a configuration, naming the field it is about.
@@ -357,7 +360,8 @@ mod tests {
         let cfg = seed_speech();
         assert_eq!(cfg.idle_retention, Duration::from_secs(600));
         assert_eq!(cfg.min_instances, 0);
-        assert_eq!(cfg.queue.timeout, Duration::from_secs(300));
+        assert_eq!(cfg.queue.timeout, Duration::from_secs(360));
+        assert!(cfg.queue.timeout > cfg.start_timeout);
         assert_eq!(cfg.provider, "local");
         assert_eq!(cfg.validate(), Ok(()));
     }
