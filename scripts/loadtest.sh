@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Load comparison on loopback, in one run: a fast backend measured directly, through nginx as a
+# reverse proxy, and through the autodeploy gateway on a warm instance.
+#
+#   sudo scripts/loadtest.sh            # or as root; installs nginx-light and wrk if missing
+#
+# Each round runs, for every target in turn (direct, nginx, gateway, gateway-1t, then again):
+#   small   GET /   (14-byte body)  wrk, CONNS connections, DURATION     -> req/s, p50, p99
+#   1MiB    GET /1m (1 MiB body)    wrk, CONNS connections, DURATION     -> MiB/s
+#   lat1    GET /   (14-byte body)  wrk, 1 connection, DURATION          -> p50, p99 unloaded
+# and reports the median of ROUNDS rounds per target and scenario, with the ratios
+# gateway/nginx and gateway/direct.
+#
+# Targets:
+#   direct      bench-backend (single-threaded hyper) on its own port
+#   nginx       nginx, 1 worker, access_log off, upstream keepalive 64 to that backend
+#   gateway     release `autodeploy serve`, tokio's default runtime (one worker per core), a
+#               deployment whose local-provider instance is another bench-backend
+#   gateway-1t  the same with TOKIO_WORKER_THREADS=1 (one worker thread, like nginx's 1 worker)
+#
+# Settings (environment): ROUNDS (3), DURATION (5s), CONNS (32), WRK_THREADS (1),
+# TARGETS ("direct nginx gateway gateway-1t"), CARGO_TARGET_DIR (target), SKIP_BUILD (unset),
+# OUT (a file to also write the summary to).
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-32}
+WRK_THREADS=${WRK_THREADS:-1}
+TARGETS=${TARGETS:-"direct nginx gateway gateway-1t"}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- what it needs -------------------------------------------------------------------------
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "nginx and wrk are missing: run as root (or install nginx-light and wrk)" >&2
+        exit 1
+    fi
+    log "installing nginx and wrk from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || true
+    apt-get install -y -qq nginx-light wrk >/dev/null || apt-get install -y -qq nginx wrk >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v python3 >/dev/null || { echo "python3 is needed for the summary" >&2; exit 1; }
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+    log "building release binaries (autodeploy, bench-backend) into $TARGET_DIR"
+    (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet \
+        -p autodeploy-proxy --bin autodeploy -p autodeploy-benches --bin bench-backend)
+fi
+AUTODEPLOY=$TARGET_DIR/release/autodeploy
+BACKEND=$TARGET_DIR/release/bench-backend
+
+# --- processes, all stopped on exit --------------------------------------------------------
+WORK=$(mktemp -d /tmp/autodeploy-loadtest.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # url: until it answers 200 (the first gateway request cold-starts its instance)
+    for _ in $(seq 1 300); do
+        if python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10).read()' "$1" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "no answer from $1" >&2
+    exit 1
+}
+
+BACKEND_PORT=$(free_port)
+"$BACKEND" --port "$BACKEND_PORT" >"$WORK/backend.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$BACKEND_PORT/"
+
+NGINX_PORT=$(free_port)
+mkdir -p "$WORK/nginx/logs"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+$( [ "$(id -u)" -eq 0 ] && echo "user root;" )
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $WORK/nginx/client_body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # A 1 MiB answer is relayed from memory, never spilled to a temp file.
+            proxy_buffers 16 64k;
+            proxy_busy_buffers_size 128k;
+            proxy_max_temp_file_size 0;
+        }
+    }
+}
+EOF
+"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$NGINX_PORT/"
+
+start_gateway() { # name threads-env
+    local name=$1 port
+    port=$(free_port)
+    cat >"$WORK/$name.toml" <<EOF
+[gateway]
+listen = "127.0.0.1:$port"
+
+[[deployment]]
+id = "fast"
+start_command = "exec $BACKEND --port {port}"
+idle_retention = "1h"
+max_instances = 1
+EOF
+    if [ -n "$2" ]; then
+        TOKIO_WORKER_THREADS=$2 RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" \
+            >"$WORK/$name.log" 2>&1 &
+    else
+        RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+    fi
+    PIDS+=($!)
+    echo "$port"
+}
+
+declare -A BASE
+BASE[direct]="http://127.0.0.1:$BACKEND_PORT"
+BASE[nginx]="http://127.0.0.1:$NGINX_PORT"
+for target in $TARGETS; do
+    case $target in
+        gateway) BASE[gateway]="http://127.0.0.1:$(start_gateway gateway "")/d/fast" ;;
+        gateway-1t) BASE[gateway-1t]="http://127.0.0.1:$(start_gateway gateway-1t 1)/d/fast" ;;
+    esac
+done
+for target in $TARGETS; do
+    log "warming $target (${BASE[$target]}/)"
+    wait_http "${BASE[$target]}/"
+    wait_http "${BASE[$target]}/1m"
+done
+
+# --- rounds ---------------------------------------------------------------------------------
+RAW=$WORK/raw.tsv
+printf 'round\ttarget\tscenario\trps\tp50_us\tp99_us\n' >"$RAW"
+
+run_wrk() { # round target scenario conns path
+    local out threads=$WRK_THREADS
+    [ "$4" -lt "$threads" ] && threads=$4
+    out=$(wrk -t"$threads" -c"$4" -d"$DURATION" --latency "${BASE[$2]}$5" 2>&1)
+    if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then
+        echo "$out" >&2
+        echo "errors while measuring $2 $3" >&2
+    fi
+    WRK_OUT=$out python3 - "$1" "$2" "$3" >>"$RAW" <<'PY'
+import os, re, sys
+out = os.environ["WRK_OUT"]
+def us(v):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+p50 = us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+p99 = us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+print(f"{sys.argv[1]}\t{sys.argv[2]}\t{sys.argv[3]}\t{rps:.1f}\t{p50:.1f}\t{p99:.1f}")
+PY
+}
+
+log "load before measuring: $(uptime)"
+for round in $(seq 1 "$ROUNDS"); do
+    for target in $TARGETS; do
+        log "round $round/$ROUNDS: $target"
+        run_wrk "$round" "$target" small "$CONNS" /
+        run_wrk "$round" "$target" 1MiB "$CONNS" /1m
+        run_wrk "$round" "$target" lat1 1 /
+    done
+done
+log "load after measuring: $(uptime)"
+
+# --- summary --------------------------------------------------------------------------------
+SUMMARY=$(python3 - "$RAW" "$ROUNDS" "$DURATION" "$CONNS" "$WRK_THREADS" <<'PY'
+import csv, statistics, sys
+path, rounds, duration, conns, threads = sys.argv[1:]
+rows = list(csv.DictReader(open(path), delimiter="\t"))
+targets = list(dict.fromkeys(r["target"] for r in rows))
+def med(target, scenario, field):
+    vals = [float(r[field]) for r in rows if r["target"] == target and r["scenario"] == scenario]
+    return statistics.median(vals) if vals else float("nan")
+print(f"Medians of {rounds} interleaved rounds, wrk -t{threads}, {duration} each; "
+      f"small and 1 MiB with {conns} connections, lat1 with 1 connection.\n")
+print("| target | small req/s | small p50 µs | small p99 µs | 1 MiB MiB/s | lat1 p50 µs | lat1 p99 µs |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for t in targets:
+    print(f"| {t} | {med(t,'small','rps'):.0f} | {med(t,'small','p50_us'):.0f} | "
+          f"{med(t,'small','p99_us'):.0f} | {med(t,'1MiB','rps'):.0f} | "
+          f"{med(t,'lat1','p50_us'):.0f} | {med(t,'lat1','p99_us'):.0f} |")
+print()
+gateways = [t for t in targets if t.startswith("gateway")]
+if gateways:
+    print("| ratio | small req/s | 1 MiB MiB/s | small p50 | lat1 p50 | lat1 p50 added over direct µs |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for g in gateways:
+        for base in ("nginx", "direct"):
+            if base not in targets:
+                continue
+            r = lambda s, f: med(g, s, f) / med(base, s, f)
+            added = med(g, "lat1", "p50_us") - med(base, "lat1", "p50_us")
+            print(f"| {g}/{base} | {r('small','rps'):.2f} | {r('1MiB','rps'):.2f} | "
+                  f"{r('small','p50_us'):.2f} | {r('lat1','p50_us'):.2f} | {added:+.0f} |")
+print("\nRaw rounds (req/s, p50 µs, p99 µs):\n")
+print("| round | target | scenario | req/s | p50 µs | p99 µs |")
+print("|---|---|---|---:|---:|---:|")
+for r in rows:
+    print(f"| {r['round']} | {r['target']} | {r['scenario']} | {float(r['rps']):.0f} | "
+          f"{float(r['p50_us']):.0f} | {float(r['p99_us']):.0f} |")
+PY
+)
+echo "$SUMMARY"
+if [ -n "${OUT:-}" ]; then
+    echo "$SUMMARY" >"$OUT"
+    log "summary written to $OUT"
+fi
