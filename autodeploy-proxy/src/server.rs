@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tower::{Service, ServiceExt};
 
 use crate::config::GatewaySettings;
@@ -60,7 +62,13 @@ pub(crate) async fn run<S>(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        // hyper's header timeout starts only once HTTP/1 has been detected: a client that
+        // sends nothing, half an HTTP/2 preface, or an HTTP/2 preface and no request would
+        // hold its connection forever. The first request head must arrive in time.
+        let first_request = Arc::new(Notify::new());
+        let seen = first_request.clone();
         let hyper_service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            seen.notify_one();
             req.extensions_mut().insert(ClientAddr(peer));
             service.clone().oneshot(req.map(Body::new))
         });
@@ -68,8 +76,22 @@ pub(crate) async fn run<S>(
             .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let header_read_timeout = settings.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => Some(ended),
+                () = first_request.notified() => None,
+                () = tokio::time::sleep(header_read_timeout) => {
+                    tracing::debug!(%peer, "no request head within the header read timeout");
+                    return;
+                }
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => connection.await,
+            };
+            if let Err(err) = ended {
                 tracing::debug!(%peer, err = %err, "connection ended with an error");
             }
         });
