@@ -207,17 +207,40 @@ fn mark(headers: &mut http::HeaderMap, lease: &Lease) {
 }
 
 /// Maps a failed upstream exchange to the gateway's error: the request body over its limit
-/// gives 1012, anything else (refused, reset, closed early) 1010.
+/// gives 1012, a client body that could not be read (bad chunk framing, cut off) 1000, and
+/// anything else (refused, reset, closed early) 1010.
 fn upstream_error(
     err: &hyper_util::client::legacy::Error,
     instance: autodeploy_core::InstanceId,
 ) -> GatewayError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut client_body = None;
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
             return ErrorCode::PayloadTooLarge.into();
         }
+        // hyper's client calls an error of the request body a "user" error: the fault is
+        // the client's, not the instance's (which is not marked failed for it either).
+        if client_body.is_none()
+            && let Some(hyper_err) = e.downcast_ref::<hyper::Error>()
+            && hyper_err.is_user()
+        {
+            // Its innermost cause says what was wrong (e.g. "invalid chunk size").
+            let mut cause = hyper_err.to_string();
+            let mut inner = std::error::Error::source(hyper_err);
+            while let Some(e) = inner {
+                cause = e.to_string();
+                inner = e.source();
+            }
+            client_body = Some(cause);
+        }
         source = e.source();
+    }
+    if let Some(cause) = client_body {
+        return GatewayError::with_detail(
+            ErrorCode::BadRequest,
+            format!("the request body could not be read: {cause}"),
+        );
     }
     let mut detail = format!("instance {instance}: {err}");
     let mut source = std::error::Error::source(err);
