@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
 
-use crate::config::{GatewayConfig, GatewaySettings, validate_deployment};
+use crate::config::{GatewayConfig, GatewaySettings};
 use crate::forward::{UpstreamClient, forward, upstream_client};
 use crate::metrics::Metrics;
 use crate::respond::error_response;
@@ -218,7 +218,10 @@ impl Gateway {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(GatewayError::new(ErrorCode::ShuttingDown).into());
         }
-        validate_deployment(&config)
+        // Core's checks only: the provider may be any registered with the builder, which the
+        // lookup below checks (the config file's fixed list would refuse embedders' own).
+        config
+            .validate()
             .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
         let provider = self
             .shared
@@ -298,7 +301,8 @@ impl Gateway {
     /// Replaces a deployment's configuration (validated; the id, provider and listen address
     /// cannot change).
     pub fn update_deployment(&self, config: DeployConfig) -> Result<(), GatewayError> {
-        validate_deployment(&config)
+        config
+            .validate()
             .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
         let deployment = self
             .deployment(&config.id)
