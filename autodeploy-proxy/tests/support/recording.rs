@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// What every instance of a [`Recording`] provider saw, all instances together.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Record {
     /// Every byte read from every connection, in arrival order per read.
     pub bytes: Vec<u8>,
@@ -35,11 +35,14 @@ pub struct Record {
     pub connections: usize,
 }
 
+/// One instance: where it serves, its deployment, its accept loop.
+type Server = (Endpoint, String, JoinHandle<()>);
+
 /// The recording provider.
 #[derive(Default)]
 pub struct Recording {
     record: Arc<Mutex<Record>>,
-    servers: Mutex<HashMap<InstanceId, (Endpoint, String, JoinHandle<()>)>>,
+    servers: Mutex<HashMap<InstanceId, Server>>,
 }
 
 impl fmt::Debug for Recording {
@@ -49,8 +52,9 @@ impl fmt::Debug for Recording {
 }
 
 impl Recording {
-    pub fn record(&self) -> parking_lot::MutexGuard<'_, Record> {
-        self.record.lock()
+    /// A copy of what was recorded so far.
+    pub fn record(&self) -> Record {
+        self.record.lock().clone()
     }
 
     /// Whether any instance ever read `needle`.
@@ -198,5 +202,32 @@ impl GpuProvider for Recording {
                 labels: Default::default(),
             })
             .collect())
+    }
+}
+
+/// A provider whose every instance is one fixed address (a backend the test runs itself).
+#[derive(Debug)]
+pub struct Fixed(pub std::net::SocketAddr);
+
+#[async_trait]
+impl GpuProvider for Fixed {
+    fn name(&self) -> &str {
+        "fixed"
+    }
+
+    async fn create(&self, _spec: InstanceSpec) -> Result<Endpoint, ProviderError> {
+        Ok(Endpoint::from(self.0))
+    }
+
+    async fn wait_ready(&self, _id: InstanceId) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    async fn release(&self, _id: InstanceId) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    async fn list(&self, _deployment: &str) -> Result<Vec<ProvidedInstance>, ProviderError> {
+        Ok(Vec::new())
     }
 }
