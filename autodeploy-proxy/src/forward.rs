@@ -93,6 +93,7 @@ async fn forward_inner(
 
     let upgrade = wants_upgrade(req.headers());
     let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
     let client_upgrade = if upgrade {
         parts.extensions.remove::<OnUpgrade>()
     } else {
@@ -164,6 +165,9 @@ async fn forward_inner(
     }
 
     let (mut parts, incoming) = response.into_parts();
+    // The instance may speak HTTP/1.0 (python's http.server does); the client gets the
+    // version it asked in, with the framing our server chooses for it.
+    parts.version = client_version;
     strip_hop_by_hop(&mut parts.headers, false);
     mark(&mut parts.headers, &lease);
     Ok(Response::from_parts(
