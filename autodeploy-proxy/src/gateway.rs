@@ -26,7 +26,7 @@ use crate::config::{GatewayConfig, GatewaySettings};
 use crate::forward::{UpstreamClient, forward, upstream_client};
 use crate::metrics::Metrics;
 use crate::respond::error_response;
-use crate::{api, server};
+use crate::{api, link, server};
 
 /// A running gateway. Cheap to clone (a handle); all clones share one state.
 #[derive(Clone)]
@@ -386,11 +386,7 @@ impl Gateway {
     /// Answers one request: a link, or anything else through the management router.
     async fn handle(&self, api: axum::Router, req: Request<Body>) -> Response<Body> {
         let path = req.uri().path();
-        if let Some(rest) = path.strip_prefix("/d/") {
-            let (id, forwarded) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
-            };
+        if let Some((id, forwarded)) = link::split(path) {
             let Some(deployment) = self.deployment(id) else {
                 return error_response(&ErrorCode::DeploymentNotFound.into());
             };

@@ -26,6 +26,7 @@ pub mod config;
 mod forward;
 mod gateway;
 pub mod headers;
+pub mod link;
 pub mod metrics;
 mod respond;
 mod server;

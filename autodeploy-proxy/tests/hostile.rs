@@ -584,3 +584,106 @@ async fn path_tricks_cannot_reach_another_deployment() {
     assert!(recording.saw("/../s/"), "dots stay inside r's path");
     gw.stop().await;
 }
+
+/// The parsers that take outside input, under proptest (the same targets run under
+/// cargo-fuzz in `fuzz/`, see `scripts/fuzz.sh`): they answer or refuse, never panic.
+mod parsers {
+    use autodeploy_proxy::GatewayConfig;
+    use autodeploy_routing::RouteRule;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\"[a-z0-9 {}.:/%-]{0,16}\"",
+            "-?[0-9]{1,25}",
+            "-?[0-9]{1,5}\\.[0-9]{0,5}",
+            "\"[0-9]{1,22}(ns|ms|s|m|h|d|y|x)?\"",
+            "\"(127\\.0\\.0\\.1|\\[::1\\]|0\\.0\\.0\\.0|host):[0-9]{0,6}\"",
+            Just("true".to_owned()),
+            Just("[]".to_owned()),
+            Just("{}".to_owned()),
+            Just("nan".to_owned()),
+            Just("inf".to_owned()),
+            Just("{ max_waiting = 0, timeout = \"0s\" }".to_owned()),
+            Just("{ path = \"\", interval = \"0ms\" }".to_owned()),
+            Just("{ kind = \"\", count = 4294967296 }".to_owned()),
+        ]
+    }
+
+    fn table(keys: &'static [&'static str]) -> impl Strategy<Value = String> {
+        proptest::collection::vec((proptest::sample::select(keys), value()), 0..10).prop_map(
+            |pairs| {
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| format!("{k} = {v}\n"))
+                    .collect()
+            },
+        )
+    }
+
+    const GATEWAY: &[&str] = &[
+        "listen",
+        "admin_token",
+        "state_dir",
+        "max_request_body",
+        "max_header_bytes",
+        "header_read_timeout",
+        "response_header_timeout",
+        "drain_timeout",
+    ];
+    const DEPLOYMENT: &[&str] = &[
+        "id",
+        "provider",
+        "start_command",
+        "idle_retention",
+        "max_instances",
+        "min_instances",
+        "port",
+        "start_timeout",
+        "concurrency_limit",
+        "price_per_hour",
+        "listen",
+        "queue",
+        "readiness",
+        "gpu",
+        "env",
+        "image",
+    ];
+
+    proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused(text in "\\PC{0,300}") {
+            if let Ok(config) = GatewayConfig::parse(&text) {
+                let _ = config.validate();
+            }
+        }
+
+        #[test]
+        fn config_shaped_text_is_parsed_and_validated_or_refused(
+            gateway in table(GATEWAY),
+            deployments in proptest::collection::vec(table(DEPLOYMENT), 0..3),
+        ) {
+            let mut text = format!("[gateway]\n{gateway}");
+            for d in deployments {
+                text.push_str("[[deployment]]\n");
+                text.push_str(&d);
+            }
+            if let Ok(config) = GatewayConfig::parse(&text) {
+                let _ = config.validate();
+            }
+        }
+
+        #[test]
+        fn any_route_rule_bytes_are_a_rule(raw in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let rule = RouteRule::from_header(Some(&raw));
+            prop_assert_eq!(rule, RouteRule::parse(&raw));
+        }
+
+        #[test]
+        fn any_path_is_a_link_or_not(path in "\\PC{0,200}") {
+            if let Some((id, forwarded)) = autodeploy_proxy::link::split(&path) {
+                prop_assert!(!id.contains('/') && forwarded.starts_with('/'));
+            }
+        }
+    }
+}
