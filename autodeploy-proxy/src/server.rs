@@ -38,7 +38,9 @@ pub(crate) async fn run<S>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes);
+        // hyper panics below its minimum of 8192; the config file refuses less, an embedder's
+        // settings are clamped.
+        .max_buf_size(settings.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
