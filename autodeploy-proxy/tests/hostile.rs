@@ -326,6 +326,94 @@ async fn the_upstream_client_never_retries_a_request_the_instance_received() {
     gw.stop().await;
 }
 
+/// A backend that answers every request head with `answer` and records every byte it reads,
+/// behind a gateway deployment `f` (provider `fixed`).
+async fn raw_backend_gateway(
+    answer: &'static [u8],
+) -> (TestGateway, Arc<parking_lot::Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            record.lock().extend_from_slice(&buf[..n]);
+                            head.extend_from_slice(&buf[..n]);
+                            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                                head.clear();
+                                if stream.write_all(answer).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut config = DeployConfig::new("f", "fixed", Duration::from_secs(60), 1);
+    config.provider = "fixed".into();
+    let gw = TestGateway::with_providers(
+        GatewaySettings::default(),
+        sim(Duration::ZERO),
+        vec![(
+            "fixed",
+            Arc::new(support::recording::Fixed(addr)) as Arc<dyn GpuProvider>,
+        )],
+        vec![config],
+    )
+    .await;
+    (gw, seen)
+}
+
+#[tokio::test]
+async fn an_upgrade_is_tunnelled_only_after_the_instance_answers_101() {
+    let (gw, seen) = raw_backend_gateway(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    // The instance refuses the upgrade (200): the bytes that follow are not a tunnel but the
+    // next request on the connection, parsed as HTTP (here: garbage, so 400).
+    let answer = exchange(
+        &gw.base,
+        b"GET /d/f/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\
+          \x00raw-tunnel-bytes\r\n\r\n",
+    )
+    .await;
+    assert!(answer.text.starts_with("HTTP/1.1 200"), "{}", answer.text);
+    assert!(answer.text.contains("HTTP/1.1 400"), "{}", answer.text);
+    let seen = String::from_utf8_lossy(&seen.lock()).into_owned();
+    assert!(seen.contains("GET /ws"), "{seen}");
+    assert!(
+        !seen.contains("raw-tunnel-bytes"),
+        "tunnelled without a 101: {seen}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_instance_answering_with_both_content_length_and_chunked_gets_502_1010() {
+    let (gw, _seen) = raw_backend_gateway(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let resp = client().get(gw.url("/d/f/x")).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    let code = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["code"].as_u64());
+    assert_eq!((status, code), (502, Some(1010)), "{body}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_heads_get_431_and_oversized_bodies_get_413_json_1012() {
     let settings = GatewaySettings {
