@@ -492,3 +492,37 @@ async fn a_thousand_concurrent_requests_over_every_rule_with_crashing_instances_
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_gone_during_a_cold_start_cost_one_instance_released_when_idle() {
+    let gw = TestGateway::start(
+        sim(Duration::from_millis(300)),
+        vec![deployment("d", 4, Duration::from_millis(300))],
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let clients: Vec<_> = (0..1000)
+        .map(|_| tokio::spawn(impatient.get(gw.url("/d/d/")).send()))
+        .collect();
+    for client in clients {
+        assert!(
+            client.await.unwrap().is_err(),
+            "gave up before the instance was ready"
+        );
+    }
+    let controller = gw.controller("d");
+    eventually(
+        "the unused instance is released after the idle period",
+        || gw.sim.live() == 0 && controller.status() == DeploymentStatus::Standby,
+    )
+    .await;
+    assert_eq!(
+        gw.sim.created(),
+        1,
+        "at most one create for the whole burst"
+    );
+    gw.stop().await;
+}
