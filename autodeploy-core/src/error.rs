@@ -52,11 +52,13 @@ pub enum ErrorCode {
     UpstreamTimedOut,
     /// 1019, 500: an unexpected internal error (details are logged, not shown).
     Internal,
+    /// 1020, 429: this client asked for `scale-out` too often (new instances cost money).
+    ScaleOutRateLimited,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order (for documentation and tests).
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::DeploymentNotFound,
@@ -77,6 +79,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::UpstreamTimedOut,
         ErrorCode::Internal,
+        ErrorCode::ScaleOutRateLimited,
     ];
 
     /// The stable number in the JSON body.
@@ -102,6 +105,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 1017,
             ErrorCode::UpstreamTimedOut => 1018,
             ErrorCode::Internal => 1019,
+            ErrorCode::ScaleOutRateLimited => 1020,
         }
     }
 
@@ -128,6 +132,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method not allowed",
             ErrorCode::UpstreamTimedOut => "instance did not answer in time",
             ErrorCode::Internal => "internal error",
+            ErrorCode::ScaleOutRateLimited => "scale-out rate limit exceeded",
         }
     }
 
@@ -143,7 +148,7 @@ impl ErrorCode {
             ErrorCode::DeploymentExists => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::InvalidConfig => 422,
-            ErrorCode::ReplicaQuotaExceeded => 429,
+            ErrorCode::ReplicaQuotaExceeded | ErrorCode::ScaleOutRateLimited => 429,
             ErrorCode::HeadersTooLarge => 431,
             ErrorCode::Internal => 500,
             ErrorCode::InstanceStartFailed | ErrorCode::UpstreamFailed => 502,

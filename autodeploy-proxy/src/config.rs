@@ -66,6 +66,31 @@ pub struct GatewaySettings {
     /// released anyway.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How often one client address may ask one deployment for `scale-out` (each one starts
+    /// a paid instance); `burst = 0` turns the limit off.
+    #[serde(default)]
+    pub scale_out_limit: RateLimit,
+}
+
+/// A rate limit: `burst` events at once, refilled evenly over `per` (10 per minute by
+/// default: `{ burst = 10, per = "1m" }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Events allowed at once; 0 = no limit.
+    pub burst: u32,
+    /// The time in which `burst` events are refilled.
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            burst: 10,
+            per: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for GatewaySettings {
@@ -79,6 +104,7 @@ impl Default for GatewaySettings {
             header_read_timeout: default_header_read_timeout(),
             response_header_timeout: default_response_header_timeout(),
             drain_timeout: default_drain_timeout(),
+            scale_out_limit: RateLimit::default(),
         }
     }
 }
@@ -228,6 +254,13 @@ impl GatewayConfig {
             errors.push(FieldError {
                 field: "gateway.response_header_timeout".into(),
                 message: "must be greater than zero".into(),
+            });
+        }
+        let limit = self.gateway.scale_out_limit;
+        if limit.burst > 0 && (limit.per / limit.burst).is_zero() {
+            errors.push(FieldError {
+                field: "gateway.scale_out_limit.per".into(),
+                message: "must be long enough to refill one event at a time".into(),
             });
         }
         if self.gateway.max_header_bytes < 8192 {

@@ -86,6 +86,20 @@ async fn forward_inner(
             format!("the limit is {limit} bytes"),
         ));
     }
+    let client = client_addr(req.extensions());
+    if *rule == RouteRule::ScaleOut
+        && let Some(retry_after) = deployment.scale_out_refused(client)
+    {
+        let mut response = error_response(&GatewayError::with_detail(
+            ErrorCode::ScaleOutRateLimited,
+            format!("retry after {} s", retry_after.as_secs().max(1)),
+        ));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after.as_secs().max(1)),
+        );
+        return Ok(response);
+    }
     let lease = deployment
         .controller
         .acquire(|view| deployment.decide(rule, view))
@@ -99,16 +113,6 @@ async fn forward_inner(
     } else {
         None
     };
-    let client = parts
-        .extensions
-        .get::<ClientAddr>()
-        .map(|c| c.0)
-        .or_else(|| {
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|c| c.0)
-        });
     prepare_upstream(&mut parts.headers, client, upgrade);
     parts.uri = format!("http://{}{}", lease.endpoint(), path_and_query)
         .parse::<Uri>()
@@ -177,6 +181,16 @@ async fn forward_inner(
             lease: Some(lease),
         }),
     ))
+}
+
+/// The client's address: set by our listener, or by axum's `ConnectInfo` when the gateway is
+/// mounted in another server.
+fn client_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
+    extensions.get::<ClientAddr>().map(|c| c.0).or_else(|| {
+        extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+    })
 }
 
 /// The metric label of a route rule (ids are not labels: their number is unbounded).

@@ -5,16 +5,21 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use autodeploy_core::{
     Controller, DeployConfig, ErrorCode, GatewayError, GpuProvider, RouteView, Target,
 };
 use autodeploy_routing::{RoundRobin, RouteRule};
 use axum::body::Body;
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Request, Response};
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
@@ -22,7 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
 
-use crate::config::{GatewayConfig, GatewaySettings};
+use crate::config::{GatewayConfig, GatewaySettings, RateLimit};
 use crate::forward::{UpstreamClient, forward, upstream_client};
 use crate::metrics::Metrics;
 use crate::respond::error_response;
@@ -49,6 +54,7 @@ pub(crate) struct Deployment {
     pub(crate) controller: Controller,
     cursor: Mutex<RoundRobin>,
     listener: Mutex<Option<DedicatedListener>>,
+    scale_out_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 struct DedicatedListener {
@@ -59,6 +65,20 @@ struct DedicatedListener {
 impl Deployment {
     pub(crate) fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether `client` has used up its `scale-out` allowance; if so, how long until it may
+    /// ask again. Requests without a known address share one allowance.
+    pub(crate) fn scale_out_refused(&self, client: Option<SocketAddr>) -> Option<Duration> {
+        let limiter = self.scale_out_limiter.as_ref()?;
+        let key = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.ip());
+        // Bound the memory one address per client costs: forget clients that are back at a
+        // full allowance once the map grows large.
+        if limiter.len() > 10_000 {
+            limiter.retain_recent();
+        }
+        let refused = limiter.check_key(&key).err()?;
+        Some(refused.wait_time_from(limiter.clock().now()))
     }
 
     /// The route decision for one request, under the controller's lock.
@@ -269,6 +289,7 @@ impl Gateway {
             controller: controller.clone(),
             cursor: Mutex::new(RoundRobin::default()),
             listener: Mutex::new(None),
+            scale_out_limiter: scale_out_limiter(self.shared.settings.scale_out_limit),
         });
         {
             let mut map = self.shared.deployments.write();
@@ -402,6 +423,13 @@ impl Gateway {
             Err(never) => match never {},
         }
     }
+}
+
+/// The per-client `scale-out` limiter for `limit`, none when it is off.
+fn scale_out_limiter(limit: RateLimit) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
+    let burst = NonZeroU32::new(limit.burst)?;
+    let quota = Quota::with_period(limit.per / limit.burst)?.allow_burst(burst);
+    Some(RateLimiter::keyed(quota))
 }
 
 /// Releases local instances an earlier run left for deployments that are no longer

@@ -31,7 +31,7 @@ pub mod metrics;
 mod respond;
 mod server;
 
-pub use config::{ConfigError, GatewayConfig, GatewaySettings};
+pub use config::{ConfigError, GatewayConfig, GatewaySettings, RateLimit};
 pub use forward::ClientAddr;
 pub use gateway::{BuildError, Gateway, GatewayBuilder, GatewayService};
 pub use respond::{ApiError, error_response};

@@ -383,7 +383,16 @@ async fn a_thousand_concurrent_requests_over_every_rule_with_crashing_instances_
     config.queue.max_waiting = 2000;
     config.queue.timeout = Duration::from_secs(10);
     config.start_timeout = Duration::from_secs(5);
-    let gw = TestGateway::start(sim, vec![config]).await;
+    // Every client here shares one address: lift the per-client scale-out limit so that
+    // scale-out keeps pressing on the cap.
+    let settings = autodeploy_proxy::GatewaySettings {
+        scale_out_limit: autodeploy_proxy::RateLimit {
+            burst: 0,
+            per: Duration::from_secs(60),
+        },
+        ..Default::default()
+    };
+    let gw = TestGateway::with_settings(settings, sim, vec![config]).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .pool_max_idle_per_host(0)

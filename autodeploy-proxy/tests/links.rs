@@ -366,3 +366,64 @@ async fn errors_from_the_service_pass_through_untouched() {
     assert!(json.get("code").is_none(), "not a gateway error: {body}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn scale_out_is_rate_limited_per_client_address() {
+    let settings = autodeploy_proxy::GatewaySettings {
+        scale_out_limit: autodeploy_proxy::RateLimit {
+            burst: 2,
+            per: Duration::from_secs(60),
+        },
+        ..Default::default()
+    };
+    let gw = TestGateway::with_settings(
+        settings,
+        sim(Duration::ZERO),
+        vec![deployment("paid", 10, Duration::from_secs(60))],
+    )
+    .await;
+    let url = gw.url("/d/paid/");
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    let first = from([127, 0, 0, 1]);
+    for _ in 0..2 {
+        let resp = first
+            .get(&url)
+            .header("Deploy-Route-Rule", "scale-out")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let resp = first
+        .get(&url)
+        .header("Deploy-Route-Rule", "scale-out")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], 1020);
+    // Other rules are not limited, and another client has its own allowance.
+    let resp = first.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = from([127, 0, 0, 2])
+        .get(&url)
+        .header("Deploy-Route-Rule", "scale-out")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(gw.sim.created(), 3);
+    gw.stop().await;
+}
