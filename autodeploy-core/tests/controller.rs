@@ -219,6 +219,36 @@ async fn idle_instance_is_released_at_exactly_the_retention_period() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_release_the_provider_refuses_is_retried_until_it_succeeds() {
+    let p = FakeProvider::new();
+    let c = controller(config(1), &p);
+    drop(c.acquire(default_route).await.unwrap());
+    p.fail_releases(8);
+    advance(RETENTION).await;
+    // Eight refusals, 200 ms doubling (the eighth at 25.4 s): the instance stays on the
+    // books, counted against the cap and shown with its error, until the provider confirms.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(p.releases(), 8);
+    assert_eq!(p.live_now(), 1);
+    let info = c.instances();
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].state, autodeploy_core::InstanceState::Releasing);
+    assert!(
+        info[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("release failed")
+    );
+    assert_eq!(c.status(), DeploymentStatus::Idle);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(p.releases(), 9);
+    assert_eq!(p.live_now(), 0);
+    assert!(c.instances().is_empty());
+    assert_eq!(c.status(), DeploymentStatus::Standby);
+}
+
+#[tokio::test(start_paused = true)]
 async fn ready_instance_nobody_used_is_released_one_retention_period_after_ready() {
     let p = FakeProvider::new();
     let c = controller(config(2), &p);

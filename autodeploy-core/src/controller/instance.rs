@@ -16,8 +16,10 @@ use super::{ControllerEvent, Inner, state::cost};
 /// Extra time granted on top of the start timeout before the controller gives up on a
 /// provider that does not enforce it itself.
 const START_GRACE: Duration = Duration::from_secs(5);
-/// Attempts to release an instance at the provider before giving up (and logging a leak).
+/// Attempts to release an instance at the provider before a stopping controller gives up.
 const RELEASE_ATTEMPTS: u32 = 5;
+/// The longest pause between two attempts to release an instance.
+const MAX_RELEASE_BACKOFF: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(inner: Arc<Inner>, id: InstanceId, spec: InstanceSpec) {
     if start(&inner, id, spec).await {
@@ -286,19 +288,28 @@ async fn release(inner: &Arc<Inner>, id: InstanceId) {
         }
         st.recount();
     }
+    // A release that fails leaves an instance that still costs money: keep trying, with the
+    // instance on the books (it counts against the cap and shows as releasing), until the
+    // provider confirms. Only a stopping controller gives up after a few attempts; the next
+    // start's reconciliation then finds what is left.
     let mut backoff = Duration::from_millis(200);
-    for attempt in 1..=RELEASE_ATTEMPTS {
-        match inner.provider.release(id).await {
-            Ok(()) => break,
-            Err(err) if attempt == RELEASE_ATTEMPTS => {
-                tracing::error!(instance = %id, %err, "release failed; the instance may be leaked");
-            }
-            Err(err) => {
-                tracing::warn!(instance = %id, %err, attempt, "release failed, retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 4;
-            }
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let Err(err) = inner.provider.release(id).await else {
+            break;
+        };
+        let closed = inner.state.lock().closed;
+        if closed && attempt >= RELEASE_ATTEMPTS {
+            tracing::error!(instance = %id, %err, "release failed while stopping; the next start's reconciliation must release it");
+            break;
         }
+        tracing::warn!(instance = %id, %err, attempt, "release failed, retrying");
+        if let Some(inst) = inner.state.lock().instances.get_mut(&id) {
+            inst.error = Some(format!("release failed ({attempt} attempts): {err}"));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_RELEASE_BACKOFF);
     }
     let now = Instant::now();
     let released = {

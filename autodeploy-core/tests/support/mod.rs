@@ -40,6 +40,7 @@ struct FakeState {
     fail_create: Option<ProviderError>,
     fail_ready: Option<ProviderError>,
     never_ready: bool,
+    failing_releases: u32,
     creates: Vec<InstanceId>,
     releases: Vec<InstanceId>,
     live: BTreeSet<InstanceId>,
@@ -62,6 +63,7 @@ impl FakeProvider {
                 fail_create: None,
                 fail_ready: None,
                 never_ready: false,
+                failing_releases: 0,
                 creates: Vec::new(),
                 releases: Vec::new(),
                 live: BTreeSet::new(),
@@ -105,6 +107,16 @@ impl FakeProvider {
     }
 
     /// Create calls so far.
+    /// Makes the next `n` release calls fail (the instance stays live).
+    pub fn fail_releases(&self, n: u32) {
+        self.state.lock().failing_releases = n;
+    }
+
+    /// Instances that exist at the provider now.
+    pub fn live_now(&self) -> usize {
+        self.state.lock().live.len()
+    }
+
     pub fn creates(&self) -> usize {
         self.state.lock().creates.len()
     }
@@ -213,6 +225,10 @@ impl GpuProvider for FakeProvider {
     async fn release(&self, id: InstanceId) -> Result<(), ProviderError> {
         let mut s = self.state.lock();
         s.releases.push(id);
+        if s.failing_releases > 0 {
+            s.failing_releases -= 1;
+            return Err(ProviderError::Backend("release refused".into()));
+        }
         s.live.remove(&id);
         Ok(())
     }
