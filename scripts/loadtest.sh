@@ -129,10 +129,12 @@ EOF
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$NGINX_PORT/"
+NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | head -n 1)
 
-start_gateway() { # name threads-env
+start_gateway() { # name threads-env; sets GATEWAY_PORT
     local name=$1 port
     port=$(free_port)
+    GATEWAY_PORT=$port
     cat >"$WORK/$name.toml" <<EOF
 [gateway]
 listen = "127.0.0.1:$port"
@@ -150,16 +152,28 @@ EOF
         RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
     fi
     PIDS+=($!)
-    echo "$port"
+    GATEWAY_PID=$!
 }
 
-declare -A BASE
+# BASE: where each target is reached; CPU_PID: the process whose CPU time is counted (the
+# backend for direct, nginx's worker, the gateway process without its instance).
+declare -A BASE CPU_PID
 BASE[direct]="http://127.0.0.1:$BACKEND_PORT"
+CPU_PID[direct]=${PIDS[0]}
 BASE[nginx]="http://127.0.0.1:$NGINX_PORT"
+CPU_PID[nginx]=$NGINX_WORKER
 for target in $TARGETS; do
     case $target in
-        gateway) BASE[gateway]="http://127.0.0.1:$(start_gateway gateway "")/d/fast" ;;
-        gateway-1t) BASE[gateway-1t]="http://127.0.0.1:$(start_gateway gateway-1t 1)/d/fast" ;;
+        gateway)
+            start_gateway gateway ""
+            BASE[gateway]="http://127.0.0.1:$GATEWAY_PORT/d/fast"
+            CPU_PID[gateway]=$GATEWAY_PID
+            ;;
+        gateway-1t)
+            start_gateway gateway-1t 1
+            BASE[gateway-1t]="http://127.0.0.1:$GATEWAY_PORT/d/fast"
+            CPU_PID[gateway-1t]=$GATEWAY_PID
+            ;;
     esac
 done
 for target in $TARGETS; do
@@ -170,26 +184,36 @@ done
 
 # --- rounds ---------------------------------------------------------------------------------
 RAW=$WORK/raw.tsv
-printf 'round\ttarget\tscenario\trps\tp50_us\tp99_us\n' >"$RAW"
+printf 'round\ttarget\tscenario\trps\tp50_us\tp99_us\tcpu_us\n' >"$RAW"
+CLK_TCK=$(getconf CLK_TCK)
+
+cpu_ticks() { # pid: user + system clock ticks so far
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
 
 run_wrk() { # round target scenario conns path
-    local out threads=$WRK_THREADS
+    local out threads=$WRK_THREADS before after
     [ "$4" -lt "$threads" ] && threads=$4
+    before=$(cpu_ticks "${CPU_PID[$2]}")
     out=$(wrk -t"$threads" -c"$4" -d"$DURATION" --latency "${BASE[$2]}$5" 2>&1)
+    after=$(cpu_ticks "${CPU_PID[$2]}")
     if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then
         echo "$out" >&2
         echo "errors while measuring $2 $3" >&2
     fi
-    WRK_OUT=$out python3 - "$1" "$2" "$3" >>"$RAW" <<'PY'
+    WRK_OUT=$out CPU_TICKS=$((after - before)) python3 - "$1" "$2" "$3" "$CLK_TCK" >>"$RAW" <<'PY'
 import os, re, sys
 out = os.environ["WRK_OUT"]
+ticks, clk_tck = int(os.environ["CPU_TICKS"]), int(sys.argv[4])
 def us(v):
     m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
     return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 p50 = us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
 p99 = us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-print(f"{sys.argv[1]}\t{sys.argv[2]}\t{sys.argv[3]}\t{rps:.1f}\t{p50:.1f}\t{p99:.1f}")
+total = int(re.search(r"(\d+) requests in", out).group(1))
+cpu = ticks / clk_tck * 1e6 / max(total, 1)
+print(f"{sys.argv[1]}\t{sys.argv[2]}\t{sys.argv[3]}\t{rps:.1f}\t{p50:.1f}\t{p99:.1f}\t{cpu:.2f}")
 PY
 }
 
@@ -215,31 +239,37 @@ def med(target, scenario, field):
     return statistics.median(vals) if vals else float("nan")
 print(f"Medians of {rounds} interleaved rounds, wrk -t{threads}, {duration} each; "
       f"small and 1 MiB with {conns} connections, lat1 with 1 connection.\n")
-print("| target | small req/s | small p50 µs | small p99 µs | 1 MiB MiB/s | lat1 p50 µs | lat1 p99 µs |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("CPU µs/req: CPU time (user + system) of the measured process per request: the backend "
+      "for direct, the nginx worker, the gateway process (not its instance).\n")
+print("| target | small req/s | small p50 µs | small p99 µs | 1 MiB MiB/s | lat1 p50 µs | lat1 p99 µs "
+      "| small CPU µs/req | 1 MiB CPU µs/req |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for t in targets:
     print(f"| {t} | {med(t,'small','rps'):.0f} | {med(t,'small','p50_us'):.0f} | "
           f"{med(t,'small','p99_us'):.0f} | {med(t,'1MiB','rps'):.0f} | "
-          f"{med(t,'lat1','p50_us'):.0f} | {med(t,'lat1','p99_us'):.0f} |")
+          f"{med(t,'lat1','p50_us'):.0f} | {med(t,'lat1','p99_us'):.0f} | "
+          f"{med(t,'small','cpu_us'):.1f} | {med(t,'1MiB','cpu_us'):.1f} |")
 print()
 gateways = [t for t in targets if t.startswith("gateway")]
 if gateways:
-    print("| ratio | small req/s | 1 MiB MiB/s | small p50 | lat1 p50 | lat1 p50 added over direct µs |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| ratio | small req/s | 1 MiB MiB/s | small p50 | lat1 p50 | lat1 p50 added over direct µs "
+          "| small CPU/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for g in gateways:
         for base in ("nginx", "direct"):
             if base not in targets:
                 continue
             r = lambda s, f: med(g, s, f) / med(base, s, f)
-            added = med(g, "lat1", "p50_us") - med(base, "lat1", "p50_us")
+            added = med(g, "lat1", "p50_us") - med("direct", "lat1", "p50_us")
             print(f"| {g}/{base} | {r('small','rps'):.2f} | {r('1MiB','rps'):.2f} | "
-                  f"{r('small','p50_us'):.2f} | {r('lat1','p50_us'):.2f} | {added:+.0f} |")
-print("\nRaw rounds (req/s, p50 µs, p99 µs):\n")
-print("| round | target | scenario | req/s | p50 µs | p99 µs |")
-print("|---|---|---|---:|---:|---:|")
+                  f"{r('small','p50_us'):.2f} | {r('lat1','p50_us'):.2f} | {added:+.0f} | "
+                  f"{r('small','cpu_us'):.2f} |")
+print("\nRaw rounds:\n")
+print("| round | target | scenario | req/s | p50 µs | p99 µs | CPU µs/req |")
+print("|---|---|---|---:|---:|---:|---:|")
 for r in rows:
     print(f"| {r['round']} | {r['target']} | {r['scenario']} | {float(r['rps']):.0f} | "
-          f"{float(r['p50_us']):.0f} | {float(r['p99_us']):.0f} |")
+          f"{float(r['p50_us']):.0f} | {float(r['p99_us']):.0f} | {float(r['cpu_us']):.1f} |")
 PY
 )
 echo "$SUMMARY"

@@ -70,7 +70,9 @@ async fn scenario(settings: &Settings, limit: u32) -> Result<(), String> {
             .await;
     });
 
-    let http = client(settings.requests);
+    // No idle connections kept: every request is sent on its own new connection, never on one
+    // an earlier answer freed (which would turn late connects into unqueued requests).
+    let http = client(0);
     let start = Arc::new(tokio::sync::Barrier::new(settings.requests));
     let began = Instant::now();
     let tasks: Vec<_> = (0..settings.requests)
