@@ -7,97 +7,15 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use support::binary::{GatewayProcess, status, wait_until_serving, write_config};
 use support::local::{MarkerGuard, free_port, marked_processes, marker};
-
-const BIN: &str = env!("CARGO_BIN_EXE_autodeploy");
-
-/// The gateway process, killed on drop so a failed test leaves nothing behind.
-struct Gateway(Option<Child>);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn write_config(dir: &Path, port: u16, marker: &str) -> std::path::PathBuf {
-    let path = dir.join("autodeploy.toml");
-    let config = format!(
-        r#"
-[gateway]
-listen = "127.0.0.1:{port}"
-state_dir = "{state}"
-drain_timeout = "5s"
-
-[providers.local]
-release_grace = "1s"
-
-[[deployment]]
-id = "files"
-start_command = "exec python3 -m http.server {{port}} --bind 127.0.0.1"
-env = {{ AUTODEPLOY_TEST_MARKER = "{marker}" }}
-idle_retention = "10m"
-max_instances = 2
-start_timeout = "20s"
-"#,
-        state = dir.join("state").display(),
-    );
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
-fn spawn(config: &Path) -> Child {
-    Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts")
-}
-
-/// A blocking request; `None` when the connection failed (the gateway is down or dying).
-fn get(port: u16, path: &str, rule: Option<&str>) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let rule = rule
-        .map(|r| format!("Deploy-Route-Rule: {r}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: gw\r\n{rule}Connection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer.get(9..12)?.parse().ok()
-}
-
-/// Waits until the gateway answers (it reconciles before it serves).
-fn wait_until_serving(port: u16) -> Duration {
-    let began = Instant::now();
-    while get(port, "/healthz", None) != Some(200) {
-        assert!(
-            began.elapsed() < Duration::from_secs(20),
-            "the gateway did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    began.elapsed()
-}
 
 /// How many instances `pids` belong to: their distinct process groups.
 fn instances_of(pids: &[i32]) -> usize {
@@ -144,7 +62,7 @@ fn twenty_sigkill_restart_cycles_under_load_leak_no_instance() {
     let mut slowest_cleanup = Duration::ZERO;
 
     for cycle in 0..cycles {
-        let mut gateway = Gateway(Some(spawn(&config)));
+        let mut gateway = GatewayProcess::spawn(&config, Stdio::null());
         wait_until_serving(port);
         // Whatever the killed gateway left (running, starting, releasing) is gone before
         // this one takes its first request.
@@ -163,7 +81,7 @@ fn twenty_sigkill_restart_cycles_under_load_leak_no_instance() {
                     let mut i = n;
                     while !stop.load(Ordering::Relaxed) {
                         let rule = (i % 3 == 0).then_some("scale-out");
-                        if get(port, "/d/files/", rule) == Some(200) {
+                        if status(port, "/d/files/", rule) == 200 {
                             served.fetch_add(1, Ordering::Relaxed);
                         }
                         i += 1;
@@ -175,7 +93,7 @@ fn twenty_sigkill_restart_cycles_under_load_leak_no_instance() {
         // while it serves.
         let delay = [0, 20, 60, 120, 200, 350, 600][cycle % 7];
         std::thread::sleep(Duration::from_millis(delay));
-        let mut child = gateway.0.take().unwrap();
+        let mut child = gateway.take();
         kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
         child.wait().unwrap();
         stop.store(true, Ordering::Relaxed);
@@ -188,12 +106,12 @@ fn twenty_sigkill_restart_cycles_under_load_leak_no_instance() {
     }
 
     // The last restart: it finds and releases everything, serves, and stops cleanly.
-    let mut gateway = Gateway(Some(spawn(&config)));
+    let mut gateway = GatewayProcess::spawn(&config, Stdio::null());
     wait_until_serving(port);
     wait_for_no_marked(&marker, Duration::from_secs(10))
         .unwrap_or_else(|left| panic!("leaked processes after the last restart: {left:?}"));
-    assert_eq!(get(port, "/d/files/", None), Some(200));
-    let mut child = gateway.0.take().unwrap();
+    assert_eq!(status(port, "/d/files/", None), 200);
+    let mut child = gateway.take();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
