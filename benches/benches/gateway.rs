@@ -80,7 +80,8 @@ fn request_path(c: &mut Criterion) {
         let url = format!("{base}{direct_path}");
         let url = url.as_str();
         group.bench_function("direct", |b| {
-            b.to_async(&rt).iter(|| async move { direct(client, url).await })
+            b.to_async(&rt)
+                .iter(|| async move { direct(client, url).await })
         });
         group.bench_function("gateway", |b| {
             b.to_async(&rt)

@@ -4,7 +4,9 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
-use autodeploy_core::{Endpoint, GpuProvider, InstanceId, InstanceSpec, ProvidedInstance, ProviderError};
+use autodeploy_core::{
+    Endpoint, GpuProvider, InstanceId, InstanceSpec, ProvidedInstance, ProviderError,
+};
 
 /// Every instance it "creates" is `addr`, ready at once; releasing does nothing. What a
 /// gateway in front of it costs is the gateway's own cost.

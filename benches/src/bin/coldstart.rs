@@ -173,9 +173,7 @@ async fn run(runs: usize, backend: String) -> Result<(), String> {
         if i > 0 {
             results.push(run); // the first run pages things in
         }
-        controller
-            .release_instance(id)
-            .map_err(|e| e.to_string())?;
+        controller.release_instance(id).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !controller.instances().is_empty() {
             if Instant::now() > deadline {
@@ -189,8 +187,7 @@ async fn run(runs: usize, backend: String) -> Result<(), String> {
 
     let mut total: Vec<Duration> = results.iter().map(|r| r.total).collect();
     let mut to_main: Vec<Duration> = results.iter().filter_map(|r| r.to_main).collect();
-    let mut main_listen: Vec<Duration> =
-        results.iter().filter_map(|r| r.main_to_listen).collect();
+    let mut main_listen: Vec<Duration> = results.iter().filter_map(|r| r.main_to_listen).collect();
     let mut listen_byte: Vec<Duration> = results
         .iter()
         .filter_map(|r| r.listen_to_first_byte)
