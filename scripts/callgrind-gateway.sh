@@ -48,5 +48,5 @@ echo "binary: $AUTODEPLOY"
 echo "requests: $REQUESTS  instructions: $TOTAL  per request: $((TOTAL / REQUESTS))"
 callgrind_annotate --inclusive=yes "$DUMP" 2>/dev/null |
     grep -E 'autodeploy_(proxy|core)::|hyper_util::client::legacy::client::Client<C,B>::send_request|malloc|free' |
-    head -n 25 |
+    head -n 40 |
     awk -v n="$REQUESTS" '{c=$1; gsub(",","",c); line=$0; sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +/, "", line); printf "%8d  %s\n", c/n, substr(line, 1, 150)}'
