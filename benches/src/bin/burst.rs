@@ -6,7 +6,9 @@
 //! at once, and the wait: p50/p99/max of request → full response, and of the gateway's own
 //! `Deploy-Wait-Ms` (time held for an instance). Two scenarios: `concurrency_limit = 0`
 //! (unlimited: one instance takes the whole burst) and `concurrency_limit = N / 10` (the
-//! default rule scales out to the cap while instances are full, the rest queue).
+//! default rule scales out to the cap while instances are full, the rest queue); each with
+//! the gateway listening with a backlog of 128 (tokio's, and so the binary's, default) and
+//! of 4,096.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -18,6 +20,11 @@ use autodeploy_benches::stats::{ms, quantile};
 use autodeploy_core::{DeployConfig, GpuProvider};
 use autodeploy_provider::{Simulated, SimulatedConfig};
 use autodeploy_proxy::Gateway;
+
+/// The gateway's listen backlog: 128 is what `tokio::net::TcpListener::bind` (and so
+/// `autodeploy serve`) uses; connections beyond it in one burst have their SYN dropped and
+/// retried by the client's TCP after 1 s.
+const BACKLOGS: [u32; 2] = [128, 4096];
 
 struct Settings {
     requests: usize,
@@ -32,7 +39,7 @@ struct Outcome {
     error: Option<String>,
 }
 
-async fn scenario(settings: &Settings, limit: u32) -> Result<(), String> {
+async fn scenario(settings: &Settings, limit: u32, backlog: u32) -> Result<(), String> {
     let sim = Arc::new(
         Simulated::new(SimulatedConfig::default().boot_time(settings.boot).seed(7))
             .map_err(|e| e.to_string())?,
@@ -53,9 +60,11 @@ async fn scenario(settings: &Settings, limit: u32) -> Result<(), String> {
         .build()
         .await
         .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(([127, 0, 0, 1], 0).into())
         .map_err(|e| e.to_string())?;
+    let listener = socket.listen(backlog).map_err(|e| e.to_string())?;
     let url = format!(
         "http://{}/d/burst/",
         listener.local_addr().map_err(|e| e.to_string())?
@@ -125,7 +134,7 @@ async fn scenario(settings: &Settings, limit: u32) -> Result<(), String> {
     let mut latency: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
     let mut waited: Vec<Duration> = outcomes.iter().filter_map(|o| o.waited).collect();
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+        "| {} | {backlog} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
         if limit == 0 {
             "unlimited".to_owned()
         } else {
@@ -156,12 +165,14 @@ async fn run(settings: Settings) -> Result<(), String> {
     );
     println!();
     println!(
-        "| concurrency_limit | errors | instances created | most live | instances answering | latency p50 ms | p99 ms | max ms | responses with Deploy-Wait-Ms | wait p50 ms | wait p99 ms | burst done in ms |"
+        "| concurrency_limit | listen backlog | errors | instances created | most live | instances answering | latency p50 ms | p99 ms | max ms | responses with Deploy-Wait-Ms | wait p50 ms | wait p99 ms | burst done in ms |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let split = (settings.requests / 10).max(1) as u32;
     for limit in [0, split] {
-        scenario(&settings, limit).await?;
+        for backlog in BACKLOGS {
+            scenario(&settings, limit, backlog).await?;
+        }
     }
     Ok(())
 }
