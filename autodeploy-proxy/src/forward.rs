@@ -64,8 +64,8 @@ pub(crate) async fn forward(
             error_response(&err)
         }
     };
-    shared.metrics.request(
-        deployment.id(),
+    deployment.count_request(
+        &shared.metrics,
         rule_label(&rule),
         response.status().as_u16(),
     );

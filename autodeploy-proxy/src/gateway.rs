@@ -22,6 +22,7 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Request, Response};
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -55,6 +56,8 @@ pub(crate) struct Deployment {
     cursor: Mutex<RoundRobin>,
     listener: Mutex<Option<DedicatedListener>>,
     scale_out_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Request counters by (rule, status), kept so the request path skips label lookups.
+    request_counters: Mutex<Vec<(&'static str, u16, Counter)>>,
 }
 
 struct DedicatedListener {
@@ -79,6 +82,19 @@ impl Deployment {
         }
         let refused = limiter.check_key(&key).err()?;
         Some(refused.wait_time_from(limiter.clock().now()))
+    }
+
+    /// Counts one answered request in the gateway's metrics.
+    pub(crate) fn count_request(&self, metrics: &Metrics, rule: &'static str, status: u16) {
+        let mut counters = self.request_counters.lock();
+        if let Some((_, _, counter)) = counters.iter().find(|(r, s, _)| *s == status && *r == rule)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = metrics.request_counter(&self.id, rule, status);
+        counter.inc();
+        counters.push((rule, status, counter));
     }
 
     /// The route decision for one request, under the controller's lock.
@@ -259,7 +275,7 @@ impl Gateway {
         }
         let listener = match config.listen {
             Some(addr) => Some(
-                TcpListener::bind(addr)
+                server::bind(addr)
                     .await
                     .map_err(|source| BuildError::Listen { addr, source })?,
             ),
@@ -290,6 +306,7 @@ impl Gateway {
             cursor: Mutex::new(RoundRobin::default()),
             listener: Mutex::new(None),
             scale_out_limiter: scale_out_limiter(self.shared.settings.scale_out_limit),
+            request_counters: Mutex::new(Vec::new()),
         });
         {
             let mut map = self.shared.deployments.write();

@@ -15,7 +15,7 @@
 //! use autodeploy_proxy::{Gateway, GatewayConfig};
 //!
 //! let config = GatewayConfig::load("autodeploy.toml".as_ref())?;
-//! let listener = tokio::net::TcpListener::bind(config.gateway.listen).await?;
+//! let listener = autodeploy_proxy::server::bind(config.gateway.listen).await?;
 //! let gateway = Gateway::from_config(config).await?;
 //! gateway.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await;
 //! # Ok(()) }
@@ -29,7 +29,7 @@ pub mod headers;
 pub mod link;
 pub mod metrics;
 mod respond;
-mod server;
+pub mod server;
 
 pub use config::{ConfigError, GatewayConfig, GatewaySettings, RateLimit};
 pub use forward::ClientAddr;

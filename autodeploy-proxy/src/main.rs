@@ -132,7 +132,7 @@ async fn serve(
         config.gateway.admin_token = admin_token;
     }
     let addr = config.gateway.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = autodeploy_proxy::server::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;

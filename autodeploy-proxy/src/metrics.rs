@@ -141,13 +141,17 @@ impl Metrics {
 
     /// Counts one request answered with `status` under route rule `rule`.
     pub fn request(&self, deployment: &str, rule: &'static str, status: u16) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                deployment: deployment.to_owned(),
-                rule,
-                status,
-            })
-            .inc();
+        self.request_counter(deployment, rule, status).inc();
+    }
+
+    /// The counter of requests answered with `status` under route rule `rule`: a handle to
+    /// keep, so that the request path counts without building and hashing labels.
+    pub fn request_counter(&self, deployment: &str, rule: &'static str, status: u16) -> Counter {
+        self.requests.get_or_create_owned(&RequestLabels {
+            deployment: deployment.to_owned(),
+            rule,
+            status,
+        })
     }
 
     /// Renders every metric in the Prometheus text format, with the gauges read from

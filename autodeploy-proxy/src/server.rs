@@ -19,6 +19,24 @@ use tower::{Service, ServiceExt};
 use crate::config::GatewaySettings;
 use crate::forward::ClientAddr;
 
+/// The accept queue of the gateway's listeners. tokio's `TcpListener::bind` asks for 128: a
+/// burst of a thousand clients at a cold link then has its SYNs dropped and retried a second
+/// later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener for the gateway on `addr` with a deep accept queue (and `SO_REUSEADDR`,
+/// so a restarted gateway gets its port back at once).
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves; then stops accepting and waits
 /// for open connections to finish their requests, at most the drain timeout.
 pub(crate) async fn run<S>(
