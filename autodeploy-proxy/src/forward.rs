@@ -205,18 +205,7 @@ fn upstream_uri(endpoint: &Endpoint, path_and_query: &str) -> Result<Uri, http::
         uri.push_str(&endpoint.host);
     }
     uri.push(':');
-    let mut digits = [0u8; 5];
-    let mut start = digits.len();
-    let mut port = endpoint.port;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (port % 10) as u8;
-        port /= 10;
-        if port == 0 {
-            break;
-        }
-    }
-    uri.extend(digits[start..].iter().map(|&d| char::from(d)));
+    uri.push_str(itoa::Buffer::new().format(endpoint.port));
     uri.push_str(path_and_query);
     Uri::try_from(uri)
 }

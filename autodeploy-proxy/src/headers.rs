@@ -97,31 +97,21 @@ pub fn prepare_upstream(headers: &mut HeaderMap, client: Option<SocketAddr>, upg
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
 
-/// `ip` as a header value. IPv4 is written digit by digit: this runs on every forwarded
-/// request, and the formatting machinery costs more than the rest of the header rewrite.
+/// `ip` as a header value, IPv4 written with `itoa`: this runs on every forwarded request,
+/// and the formatting machinery costs more than the rest of the header rewrite.
 fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
     let IpAddr::V4(v4) = ip else {
         return HeaderValue::from_str(&ip.to_string()).ok();
     };
-    let mut buf = [0u8; 15];
-    let mut len = 0;
+    let mut out = String::with_capacity(15);
+    let mut digits = itoa::Buffer::new();
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            buf[len] = b'.';
-            len += 1;
+            out.push('.');
         }
-        if octet >= 100 {
-            buf[len] = b'0' + octet / 100;
-            len += 1;
-        }
-        if octet >= 10 {
-            buf[len] = b'0' + octet / 10 % 10;
-            len += 1;
-        }
-        buf[len] = b'0' + octet % 10;
-        len += 1;
+        out.push_str(digits.format(octet));
     }
-    HeaderValue::from_bytes(&buf[..len]).ok()
+    HeaderValue::try_from(out).ok()
 }
 
 #[cfg(test)]
