@@ -64,6 +64,10 @@ pub(crate) async fn run<S>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(100)
         .initial_stream_window_size(64 * 1024)
+        // HTTP/1 connections idle between requests are closed by the header read timeout;
+        // HTTP/2 ones are pinged so that a vanished peer does not hold its connection.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
         .max_header_list_size(settings.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
