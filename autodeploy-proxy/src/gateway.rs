@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) settings: GatewaySettings,
     closed: AtomicBool,
+    /// Held while a deployment is added: its reconciliation releases every instance of its
+    /// id that it does not know, so two adds of one id must not overlap.
+    adding: tokio::sync::Mutex<()>,
 }
 
 /// One deployment as the gateway runs it.
@@ -175,6 +178,7 @@ impl GatewayBuilder {
                 metrics: Arc::new(Metrics::new()),
                 settings: self.settings,
                 closed: AtomicBool::new(false),
+                adding: tokio::sync::Mutex::new(()),
             }),
         };
         for config in self.deployments {
@@ -270,6 +274,7 @@ impl Gateway {
                     format!("provider: {:?} is not configured", config.provider),
                 )
             })?;
+        let _adding = self.shared.adding.lock().await;
         if self.deployment(&config.id).is_some() {
             return Err(GatewayError::with_detail(ErrorCode::DeploymentExists, &config.id).into());
         }
@@ -308,15 +313,10 @@ impl Gateway {
             scale_out_limiter: scale_out_limiter(self.shared.settings.scale_out_limit),
             request_counters: Mutex::new(Vec::new()),
         });
-        {
-            let mut map = self.shared.deployments.write();
-            if map.contains_key(&id) {
-                drop(map);
-                tokio::spawn(async move { controller.shutdown(Default::default()).await });
-                return Err(GatewayError::with_detail(ErrorCode::DeploymentExists, &id).into());
-            }
-            map.insert(id.clone(), deployment.clone());
-        }
+        self.shared
+            .deployments
+            .write()
+            .insert(id.clone(), deployment.clone());
         if let Some(listener) = listener {
             let (stop, mut stopped) = watch::channel(false);
             let service = DeploymentService {

@@ -263,3 +263,41 @@ async fn metrics_count_requests_cold_starts_instances_and_cost() {
     }
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_of_one_id_make_one_deployment_and_spare_its_instances() {
+    let gw = TestGateway::start(sim(Duration::from_millis(20)), vec![]).await;
+    let mut config = new_deployment("dup");
+    config["min_instances"] = json!(1);
+    let creates: Vec<_> = (0..10)
+        .map(|_| {
+            let url = gw.url("/api/v1/deployments");
+            let config = config.clone();
+            tokio::spawn(async move {
+                client()
+                    .post(url)
+                    .json(&config)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for create in creates {
+        statuses.push(create.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409, 409, 409, 409, 409, 409, 409, 409, 409]);
+    let controller = gw.controller("dup");
+    eventually("the warm instance is ready", || {
+        controller.view().ready().len() == 1
+    })
+    .await;
+    // A losing create's reconciliation must not have released the winner's instance.
+    assert_eq!(gw.sim.released(), 0);
+    assert_eq!(gw.sim.live(), 1);
+    gw.stop().await;
+}
