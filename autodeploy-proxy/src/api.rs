@@ -6,7 +6,7 @@
 //! | POST | `/api/v1/deployments` | create one (JSON `DeployConfig`) |
 //! | GET | `/api/v1/deployments/{id}` | its config, instances, cost |
 //! | PUT | `/api/v1/deployments/{id}` | replace its config |
-//! | DELETE | `/api/v1/deployments/{id}` | drain and release it, then forget it |
+//! | DELETE | `/api/v1/deployments/{id}` | drain and release it, then forget it (its id can be created again once that is done: 1014 before) |
 //! | POST | `/api/v1/deployments/{id}/instances` | start an instance now (pre-warm) |
 //! | GET | `/api/v1/deployments/{id}/instances/{instance}` | one instance, with its last log lines |
 //! | DELETE | `/api/v1/deployments/{id}/instances/{instance}` | drain and release one instance |

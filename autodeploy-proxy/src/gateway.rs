@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     /// Held while a deployment is added: its reconciliation releases every instance of its
     /// id that it does not know, so two adds of one id must not overlap.
     adding: tokio::sync::Mutex<()>,
+    /// Deployments removed from the map whose instances are still draining: their id cannot
+    /// be added again until they are released (the new one's reconciliation would cut them).
+    removing: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// One deployment as the gateway runs it.
@@ -179,6 +182,7 @@ impl GatewayBuilder {
                 settings: self.settings,
                 closed: AtomicBool::new(false),
                 adding: tokio::sync::Mutex::new(()),
+                removing: Mutex::new(Default::default()),
             }),
         };
         for config in self.deployments {
@@ -278,6 +282,16 @@ impl Gateway {
         if self.deployment(&config.id).is_some() {
             return Err(GatewayError::with_detail(ErrorCode::DeploymentExists, &config.id).into());
         }
+        if self.shared.removing.lock().contains(&config.id) {
+            return Err(GatewayError::with_detail(
+                ErrorCode::DeploymentExists,
+                format!(
+                    "{} is being deleted; create it again once its instances are released",
+                    config.id
+                ),
+            )
+            .into());
+        }
         let listener = match config.listen {
             Some(addr) => Some(
                 server::bind(addr)
@@ -367,18 +381,29 @@ impl Gateway {
     /// Removes a deployment: its link answers 1002 at once, its instances drain (bounded by
     /// the drain timeout) and are released. Resolves when they are.
     pub async fn remove_deployment(&self, id: &str) -> Result<(), GatewayError> {
-        let deployment = self
-            .shared
-            .deployments
-            .write()
-            .remove(id)
-            .ok_or(ErrorCode::DeploymentNotFound)?;
-        stop_dedicated(&deployment).await;
-        deployment
-            .controller
-            .shutdown(self.shared.settings.drain_timeout)
-            .await;
-        tracing::info!(deployment = id, "deployment removed");
+        let deployment = {
+            let mut map = self.shared.deployments.write();
+            let deployment = map.remove(id).ok_or(ErrorCode::DeploymentNotFound)?;
+            self.shared.removing.lock().insert(id.to_owned());
+            deployment
+        };
+        // The drain runs in a task of its own: a caller that goes away (an API client that
+        // disconnects) must not cut it short and leave the id reserved.
+        let shared = self.shared.clone();
+        let id = id.to_owned();
+        let drained = tokio::spawn(async move {
+            stop_dedicated(&deployment).await;
+            deployment
+                .controller
+                .shutdown(shared.settings.drain_timeout)
+                .await;
+            shared.removing.lock().remove(&id);
+            tracing::info!(deployment = id, "deployment removed");
+        });
+        if let Err(err) = drained.await {
+            tracing::error!(%err, "removing a deployment failed");
+            return Err(ErrorCode::Internal.into());
+        }
         Ok(())
     }
 

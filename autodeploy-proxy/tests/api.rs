@@ -301,3 +301,49 @@ async fn concurrent_creates_of_one_id_make_one_deployment_and_spare_its_instance
     assert_eq!(gw.sim.live(), 1);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_id_being_deleted_cannot_be_created_until_its_requests_finish() {
+    let gw = TestGateway::start(
+        sim(Duration::ZERO),
+        vec![deployment("busy", 1, Duration::from_secs(60))],
+    )
+    .await;
+    let slow = tokio::spawn(client().get(gw.url("/d/busy/sleep?ms=1200")).send());
+    let controller = gw.controller("busy");
+    eventually("the slow request is in flight", || {
+        controller.instances().iter().any(|i| i.in_flight == 1)
+    })
+    .await;
+    let delete = tokio::spawn(client().delete(gw.url("/api/v1/deployments/busy")).send());
+    eventually("the link is gone", || {
+        gw.gateway.controller("busy").is_none()
+    })
+    .await;
+
+    let (status, body) = call(
+        &gw,
+        "POST",
+        "/api/v1/deployments",
+        None,
+        Some(new_deployment("busy")),
+    )
+    .await;
+    assert_eq!((status, body["code"].clone()), (409, json!(1014)), "{body}");
+    assert!(body["msg"].as_str().unwrap().contains("being deleted"));
+
+    // The draining request was not cut by anyone's reconciliation.
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status(), 200);
+    assert_eq!(delete.await.unwrap().unwrap().status(), 200);
+    let (status, _) = call(
+        &gw,
+        "POST",
+        "/api/v1/deployments",
+        None,
+        Some(new_deployment("busy")),
+    )
+    .await;
+    assert_eq!(status, 201);
+    gw.stop().await;
+}
