@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
-use autodeploy_core::{Endpoint, ErrorCode, GatewayError, Lease};
+use autodeploy_core::{ErrorCode, GatewayError, Lease};
 use autodeploy_routing::RouteRule;
 use axum::body::Body;
 use bytes::Bytes;
@@ -14,10 +14,9 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 
 use crate::gateway::{Deployment, Shared};
@@ -26,24 +25,11 @@ use crate::headers::{
     wants_upgrade,
 };
 use crate::respond::error_response;
+use crate::upstream::{EndpointPool, UpstreamError};
 
 /// The client address of a request, put in its extensions by the gateway's listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
-
-/// The pooled keep-alive HTTP/1.1 client to instances.
-pub(crate) type UpstreamClient = Client<HttpConnector, Body>;
-
-/// A client with pooled keep-alive connections and Nagle off.
-pub(crate) fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(10)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(connector)
-}
 
 /// Forwards `req` to an instance of `deployment` chosen by its route rule, `path_and_query`
 /// being what the instance sees. Every outcome is a response: the instance's, or the
@@ -114,7 +100,9 @@ async fn forward_inner(
         None
     };
     prepare_upstream(&mut parts.headers, client, upgrade);
-    parts.uri = upstream_uri(lease.endpoint(), path_and_query)
+    let pool = shared.upstream.pool(lease.endpoint());
+    parts.headers.insert(header::HOST, pool.host().clone());
+    parts.uri = origin_form(path_and_query)
         .map_err(|e| GatewayError::with_detail(ErrorCode::BadRequest, e))?;
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
@@ -125,12 +113,9 @@ async fn forward_inner(
     };
     let upstream = Request::from_parts(parts, body);
 
-    let sent = tokio::time::timeout(
-        shared.settings.response_header_timeout,
-        shared.client.request(upstream),
-    )
-    .await;
-    let mut response = match sent {
+    let sent =
+        tokio::time::timeout(shared.settings.response_header_timeout, pool.send(upstream)).await;
+    let (mut response, sender) = match sent {
         Err(_) => {
             return Err(GatewayError::with_detail(
                 ErrorCode::UpstreamTimedOut,
@@ -141,7 +126,7 @@ async fn forward_inner(
             ));
         }
         Ok(Err(err)) => return Err(upstream_error(&err, lease.instance())),
-        Ok(Ok(response)) => response,
+        Ok(Ok(sent)) => sent,
     };
 
     if response.headers().contains_key(header::CONTENT_LENGTH)
@@ -160,6 +145,8 @@ async fn forward_inner(
             ));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
+        // The connection becomes the tunnel.
+        drop(sender);
         let (mut parts, _) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);
         mark(&mut parts.headers, &lease);
@@ -168,6 +155,13 @@ async fn forward_inner(
     }
 
     let (mut parts, incoming) = response.into_parts();
+    let conn = if incoming.is_end_stream() {
+        // No body to wait for (HEAD, 204, `Content-Length: 0`).
+        pool.put(sender);
+        None
+    } else {
+        Some((pool, sender))
+    };
     // The instance may speak HTTP/1.0 (python's http.server does); the client gets the
     // version it asked in, with the framing our server chooses for it.
     parts.version = client_version;
@@ -178,6 +172,7 @@ async fn forward_inner(
         Body::new(LeasedBody {
             inner: incoming,
             lease: Some(lease),
+            conn,
         }),
     ))
 }
@@ -192,22 +187,13 @@ fn client_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
     })
 }
 
-/// `http://{endpoint}{path_and_query}`, built without the formatting machinery and handed to
-/// the parser without a copy: this runs on every forwarded request.
-fn upstream_uri(endpoint: &Endpoint, path_and_query: &str) -> Result<Uri, http::uri::InvalidUri> {
-    let mut uri = String::with_capacity(16 + endpoint.host.len() + path_and_query.len());
-    uri.push_str("http://");
-    if endpoint.host.contains(':') {
-        uri.push('[');
-        uri.push_str(&endpoint.host);
-        uri.push(']');
-    } else {
-        uri.push_str(&endpoint.host);
+/// The request target the instance gets: `path_and_query` in origin form, `/` when empty
+/// (as HTTP/1.1 clients send it; the instance's address goes in `Host`).
+fn origin_form(path_and_query: &str) -> Result<Uri, http::uri::InvalidUri> {
+    if path_and_query.is_empty() {
+        return Ok(Uri::from_static("/"));
     }
-    uri.push(':');
-    uri.push_str(itoa::Buffer::new().format(endpoint.port));
-    uri.push_str(path_and_query);
-    Uri::try_from(uri)
+    Uri::try_from(path_and_query)
 }
 
 /// The metric label of a route rule (ids are not labels: their number is unbounded).
@@ -244,10 +230,7 @@ fn mark(headers: &mut http::HeaderMap, lease: &Lease) {
 /// Maps a failed upstream exchange to the gateway's error: the request body over its limit
 /// gives 1012, a client body that could not be read (bad chunk framing, cut off) 1000, and
 /// anything else (refused, reset, closed early) 1010.
-fn upstream_error(
-    err: &hyper_util::client::legacy::Error,
-    instance: autodeploy_core::InstanceId,
-) -> GatewayError {
+fn upstream_error(err: &UpstreamError, instance: autodeploy_core::InstanceId) -> GatewayError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut client_body = None;
     while let Some(e) = source {
@@ -305,11 +288,13 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, lease: Lease) {
 
 pin_project! {
     /// An instance's response body, holding the request's lease until the last byte has been
-    /// passed on or the client went away: an open stream counts as activity.
+    /// passed on or the client went away: an open stream counts as activity. Its connection
+    /// goes back to the pool once the body has ended (a body cut short closes it).
     struct LeasedBody {
         #[pin]
         inner: Incoming,
         lease: Option<Lease>,
+        conn: Option<(Arc<EndpointPool>, SendRequest<Body>)>,
     }
 }
 
@@ -321,10 +306,26 @@ impl HttpBody for LeasedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) {
-            this.lease.take();
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(_)) => {
+                if this.inner.is_end_stream()
+                    && let Some((pool, sender)) = this.conn.take()
+                {
+                    pool.put(sender);
+                }
+            }
+            None => {
+                this.lease.take();
+                if let Some((pool, sender)) = this.conn.take() {
+                    pool.put(sender);
+                }
+            }
+            Some(Err(_)) => {
+                this.lease.take();
+                this.conn.take();
+            }
         }
         Poll::Ready(frame)
     }
@@ -343,18 +344,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_uri_is_what_format_would_build() {
-        for (host, port) in [
-            ("127.0.0.1", 0),
-            ("127.0.0.1", 8080),
-            ("::1", 65535),
-            ("gpu-7", 9),
-        ] {
-            let endpoint = Endpoint::new(host, port);
-            for pq in ["/", "/v1/audio/speech?x=1&y=%20"] {
-                let expected: Uri = format!("http://{endpoint}{pq}").parse().unwrap();
-                assert_eq!(upstream_uri(&endpoint, pq).unwrap(), expected);
-            }
+    fn origin_form_is_the_path_and_query() {
+        for pq in ["/", "/v1/audio/speech?x=1&y=%20", "//files/", "/../b/"] {
+            let uri = origin_form(pq).unwrap();
+            assert_eq!(uri.path_and_query().unwrap().as_str(), pq);
+            assert!(uri.scheme().is_none() && uri.authority().is_none());
         }
+        assert_eq!(origin_form("").unwrap(), "/");
     }
 }

@@ -29,9 +29,10 @@ use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
 
 use crate::config::{GatewayConfig, GatewaySettings, RateLimit};
-use crate::forward::{UpstreamClient, forward, upstream_client};
+use crate::forward::forward;
 use crate::metrics::Metrics;
 use crate::respond::error_response;
+use crate::upstream::Upstream;
 use crate::{api, link, server};
 
 /// A running gateway. Cheap to clone (a handle); all clones share one state.
@@ -43,7 +44,7 @@ pub struct Gateway {
 pub(crate) struct Shared {
     deployments: RwLock<BTreeMap<String, Arc<Deployment>>>,
     providers: BTreeMap<String, Arc<dyn GpuProvider>>,
-    pub(crate) client: UpstreamClient,
+    pub(crate) upstream: Upstream,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) settings: GatewaySettings,
     closed: AtomicBool,
@@ -177,7 +178,7 @@ impl GatewayBuilder {
             shared: Arc::new(Shared {
                 deployments: RwLock::new(BTreeMap::new()),
                 providers: self.providers,
-                client: upstream_client(),
+                upstream: Upstream::default(),
                 metrics: Arc::new(Metrics::new()),
                 settings: self.settings,
                 closed: AtomicBool::new(false),

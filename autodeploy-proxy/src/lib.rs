@@ -30,6 +30,7 @@ pub mod link;
 pub mod metrics;
 mod respond;
 pub mod server;
+mod upstream;
 
 pub use config::{ConfigError, GatewayConfig, GatewaySettings, RateLimit};
 pub use forward::ClientAddr;
