@@ -117,29 +117,22 @@ async fn requests_reach_the_instance_as_sent() {
         vec![deployment("echo", 1, Duration::from_secs(60))],
     )
     .await;
-    let resp = client()
-        .post(gw.url("/d/echo/v1/audio/speech?lang=zh&x=1"))
-        .header("Authorization", "Bearer sk-template")
-        .header("Connection", "x-hop")
-        .header("x-hop", "must not pass")
-        .header("x-end-to-end", "kept")
-        .header("Deploy-Route-Rule", "random")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let post = |rule: Option<&str>, body: &'static str| {
+        let mut req = client()
+            .post(gw.url("/d/echo/v1/audio/speech?lang=zh&x=1"))
+            .header("Authorization", "Bearer sk-template")
+            .header("Connection", "x-hop")
+            .header("x-hop", "must not pass")
+            .header("x-end-to-end", "kept");
+        if let Some(rule) = rule {
+            req = req.header("Deploy-Route-Rule", rule);
+        }
+        req.body(body).send()
+    };
     // random with nothing running is 1006; the default rule cold-starts.
+    let resp = post(Some("random"), "{}").await.unwrap();
     assert_eq!(resp.status(), 404);
-    let resp = client()
-        .post(gw.url("/d/echo/v1/audio/speech?lang=zh&x=1"))
-        .header("Authorization", "Bearer sk-template")
-        .header("Connection", "x-hop")
-        .header("x-hop", "must not pass")
-        .header("x-end-to-end", "kept")
-        .body("{\"input\": \"hi\"}")
-        .send()
-        .await
-        .unwrap();
+    let resp = post(None, "{\"input\": \"hi\"}").await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().contains_key("deploy-route-target"));
     assert!(
