@@ -43,6 +43,24 @@ impl Drop for GatewayProcess {
 /// Writes a config: the gateway on `port`, a state directory in `dir`, and deployment
 /// `files` (`python3 -m http.server`, at most 2 instances) whose processes carry `marker`.
 pub fn write_config(dir: &Path, port: u16, marker: &str) -> PathBuf {
+    write_config_with(
+        dir,
+        port,
+        marker,
+        "exec python3 -m http.server {port} --bind 127.0.0.1",
+        r#"release_grace = "1s""#,
+    )
+}
+
+/// [`write_config`] with deployment `files` running `start_command` (`{port}` is the
+/// instance's port) and `local` as the body of the `[providers.local]` table.
+pub fn write_config_with(
+    dir: &Path,
+    port: u16,
+    marker: &str,
+    start_command: &str,
+    local: &str,
+) -> PathBuf {
     let path = dir.join("autodeploy.toml");
     let config = format!(
         r#"
@@ -52,17 +70,18 @@ state_dir = "{state}"
 drain_timeout = "5s"
 
 [providers.local]
-release_grace = "1s"
+{local}
 
 [[deployment]]
 id = "files"
-start_command = "exec python3 -m http.server {{port}} --bind 127.0.0.1"
+start_command = "{start_command}"
 env = {{ AUTODEPLOY_TEST_MARKER = "{marker}" }}
 idle_retention = "10m"
 max_instances = 2
 start_timeout = "20s"
 "#,
         state = dir.join("state").display(),
+        start_command = start_command.replace('\\', "\\\\").replace('"', "\\\""),
     );
     std::fs::write(&path, config).expect("write the config");
     path
