@@ -722,6 +722,32 @@ async fn reconcile_releases_instances_left_by_an_earlier_run() {
     assert_eq!(p.releases_of(mine), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn reconcile_releases_every_orphan_even_when_one_release_fails() {
+    let p = FakeProvider::new();
+    let earlier = controller(config(3), &p);
+    let orphans: Vec<_> = (0..3).map(|_| earlier.start_instance().unwrap()).collect();
+    tokio::time::sleep(CREATE + READY).await;
+    drop(earlier);
+
+    let c = controller(config(3), &p);
+    p.fail_releases(1);
+    let released = c.reconcile().await.unwrap();
+    assert_eq!(
+        released.len(),
+        2,
+        "the two others are released: {released:?}"
+    );
+    assert!(released.iter().all(|id| orphans.contains(id)));
+    assert_eq!(
+        p.live_now(),
+        1,
+        "the refused one is left for the next reconcile"
+    );
+    assert_eq!(c.reconcile().await.unwrap().len(), 1);
+    assert_eq!(p.live_now(), 0);
+}
+
 // --- routing targets ---------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]

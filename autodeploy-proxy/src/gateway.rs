@@ -478,7 +478,7 @@ fn scale_out_limiter(limit: RateLimit) -> Option<DefaultKeyedRateLimiter<IpAddr>
 /// Releases local instances an earlier run left for deployments that are no longer
 /// configured (removed from the file, or created through the API, which is not persisted):
 /// each deployment's own leftovers are released when it is added.
-async fn release_unconfigured(local: &autodeploy_provider::Local, configured: &[String]) {
+async fn release_unconfigured(local: &Arc<autodeploy_provider::Local>, configured: &[String]) {
     let held = match local.list_all().await {
         Ok(held) => held,
         Err(err) => {
@@ -486,20 +486,25 @@ async fn release_unconfigured(local: &autodeploy_provider::Local, configured: &[
             return;
         }
     };
+    let mut releases = tokio::task::JoinSet::new();
     for instance in held {
         let deployment = instance
             .labels
             .get(autodeploy_core::provider::LABEL_DEPLOYMENT)
-            .map(String::as_str)
+            .cloned()
             .unwrap_or_default();
-        if configured.iter().any(|c| c == deployment) {
+        if configured.contains(&deployment) {
             continue;
         }
         tracing::warn!(deployment, instance = %instance.id, "releasing an instance of a deployment that is no longer configured");
-        if let Err(err) = local.release(instance.id).await {
-            tracing::error!(instance = %instance.id, %err, "release failed");
-        }
+        let local = local.clone();
+        releases.spawn(async move {
+            if let Err(err) = local.release(instance.id).await {
+                tracing::error!(instance = %instance.id, %err, "release failed");
+            }
+        });
     }
+    while releases.join_next().await.is_some() {}
 }
 
 async fn stop_dedicated(deployment: &Deployment) {

@@ -360,20 +360,41 @@ impl Controller {
     }
 
     /// Releases instances the provider holds for this deployment that this controller does
-    /// not know (left by an earlier run of the gateway). Returns their ids.
+    /// not know (left by an earlier run of the gateway), all at once. Returns the ids
+    /// released; each failed release is logged, and the call fails only when listing failed
+    /// or every release did.
     pub async fn reconcile(&self) -> Result<Vec<InstanceId>, ProviderError> {
         let deployment = self.id();
         let held = self.inner.provider.list(&deployment).await?;
-        let mut released = Vec::new();
+        // Released side by side: one orphan that is slow to stop (a process ignoring SIGTERM
+        // for its whole grace period) must not hold up the others, and one that fails to
+        // release must not leave the rest running.
+        let mut releases = tokio::task::JoinSet::new();
         for found in held {
             let known = self.inner.state.lock().instances.contains_key(&found.id);
             if !known {
                 tracing::warn!(deployment, instance = %found.id, "releasing orphaned instance");
-                self.inner.provider.release(found.id).await?;
-                released.push(found.id);
+                let provider = self.inner.provider.clone();
+                releases.spawn(async move { (found.id, provider.release(found.id).await) });
             }
         }
-        Ok(released)
+        let mut released = Vec::new();
+        let mut first_error = None;
+        while let Some(joined) = releases.join_next().await {
+            match joined {
+                Ok((id, Ok(()))) => released.push(id),
+                Ok((id, Err(err))) => {
+                    tracing::error!(deployment, instance = %id, %err, "releasing an orphaned instance failed");
+                    first_error.get_or_insert(err);
+                }
+                Err(err) => tracing::error!(deployment, %err, "a release task failed"),
+            }
+        }
+        released.sort_unstable();
+        match first_error {
+            Some(err) if released.is_empty() => Err(err),
+            _ => Ok(released),
+        }
     }
 }
 
