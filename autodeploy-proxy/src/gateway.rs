@@ -24,7 +24,7 @@ use http::{Request, Response};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
 
@@ -334,9 +334,9 @@ impl Gateway {
             .insert(id.clone(), deployment.clone());
         if let Some(listener) = listener {
             let (stop, mut stopped) = watch::channel(false);
-            let service = DeploymentService {
+            let service = GatewayService {
                 gateway: self.clone(),
-                id: id.clone(),
+                routes: Routes::Dedicated(id.as_str().into()),
             };
             let settings = self.shared.settings.clone();
             let task = tokio::spawn(async move {
@@ -413,7 +413,7 @@ impl Gateway {
     pub fn service(&self) -> GatewayService {
         GatewayService {
             gateway: self.clone(),
-            api: api::router(self.clone()),
+            routes: Routes::Links(api::router(self.clone())),
         }
     }
 
@@ -426,6 +426,24 @@ impl Gateway {
     ) {
         server::run(listener, self.service(), &self.shared.settings, shutdown).await;
         self.shutdown().await;
+    }
+
+    /// Serves the gateway on `listener` in a background task, as [`Gateway::serve`] does,
+    /// until [`Serving::stop`] is called or the handle is dropped.
+    pub fn spawn(&self, listener: TcpListener) -> Serving {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let gateway = self.clone();
+        let task = tokio::spawn(async move {
+            gateway
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Serving {
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Stops every deployment: new requests get 1015, in-flight ones may finish within the
@@ -447,24 +465,36 @@ impl Gateway {
         }
     }
 
-    /// Answers one request: a link, or anything else through the management router.
-    async fn handle(&self, api: axum::Router, req: Request<Body>) -> Response<Body> {
-        let path = req.uri().path();
-        if let Some((id, forwarded)) = link::split(path) {
-            let Some(deployment) = self.deployment(id) else {
-                return error_response(&ErrorCode::DeploymentNotFound.into());
-            };
-            let mut path_and_query = forwarded.to_owned();
-            if let Some(query) = req.uri().query() {
-                path_and_query.push('?');
-                path_and_query.push_str(query);
+    /// Answers one request: on the main listener a link or, for any other path, the
+    /// management router; on a dedicated listener, its deployment with the path unchanged.
+    async fn handle(&self, routes: Routes, req: Request<Body>) -> Response<Body> {
+        let (id, path_and_query) = match &routes {
+            Routes::Dedicated(id) => {
+                let path_and_query = req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+                (&**id, path_and_query)
             }
-            return forward(&self.shared, &deployment, req, &path_and_query).await;
-        }
-        match api.oneshot(req).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        }
+            Routes::Links(api) => {
+                let Some((id, forwarded)) = link::split(req.uri().path()) else {
+                    return match api.clone().oneshot(req).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    };
+                };
+                let mut path_and_query = forwarded.to_owned();
+                if let Some(query) = req.uri().query() {
+                    path_and_query.push('?');
+                    path_and_query.push_str(query);
+                }
+                (id, path_and_query)
+            }
+        };
+        let Some(deployment) = self.deployment(id) else {
+            return error_response(&ErrorCode::DeploymentNotFound.into());
+        };
+        forward(&self.shared, &deployment, req, &path_and_query).await
     }
 }
 
@@ -507,6 +537,37 @@ async fn release_unconfigured(local: &Arc<autodeploy_provider::Local>, configure
     while releases.join_next().await.is_some() {}
 }
 
+/// A gateway serving in a background task ([`Gateway::spawn`]). Dropping the handle starts
+/// the same graceful stop without waiting for it.
+#[derive(Debug)]
+pub struct Serving {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Stops accepting, lets open requests finish (bounded by the drain timeout) and
+    /// resolves once every instance is released.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take()
+            && let Err(err) = task.await
+        {
+            tracing::error!(%err, "the serving task failed");
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 async fn stop_dedicated(deployment: &Deployment) {
     let listener = deployment.listener.lock().take();
     if let Some(listener) = listener {
@@ -530,7 +591,16 @@ impl fmt::Debug for Gateway {
 #[derive(Clone)]
 pub struct GatewayService {
     gateway: Gateway,
-    api: axum::Router,
+    routes: Routes,
+}
+
+/// What a listener answers.
+#[derive(Clone)]
+enum Routes {
+    /// The main listener: `/d/{id}/...` links, and the management router for the rest.
+    Links(axum::Router),
+    /// A deployment's own listener: every path goes to that deployment unchanged.
+    Dedicated(Arc<str>),
 }
 
 impl fmt::Debug for GatewayService {
@@ -552,39 +622,7 @@ impl Service<Request<Body>> for GatewayService {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let gateway = self.gateway.clone();
-        let api = self.api.clone();
-        Box::pin(async move { Ok(gateway.handle(api, req).await) })
-    }
-}
-
-/// A deployment's dedicated listener: every path goes to that deployment unchanged.
-#[derive(Clone)]
-pub(crate) struct DeploymentService {
-    gateway: Gateway,
-    id: String,
-}
-
-impl Service<Request<Body>> for DeploymentService {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let gateway = self.gateway.clone();
-        let id = self.id.clone();
-        Box::pin(async move {
-            let Some(deployment) = gateway.deployment(&id) else {
-                return Ok(error_response(&ErrorCode::DeploymentNotFound.into()));
-            };
-            let path_and_query = req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-            Ok(forward(&gateway.shared, &deployment, req, &path_and_query).await)
-        })
+        let routes = self.routes.clone();
+        Box::pin(async move { Ok(gateway.handle(routes, req).await) })
     }
 }

@@ -34,5 +34,5 @@ mod upstream;
 
 pub use config::{ConfigError, GatewayConfig, GatewaySettings, RateLimit};
 pub use forward::ClientAddr;
-pub use gateway::{BuildError, Gateway, GatewayBuilder, GatewayService};
+pub use gateway::{BuildError, Gateway, GatewayBuilder, GatewayService, Serving};
 pub use respond::{ApiError, error_response};

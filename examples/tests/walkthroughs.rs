@@ -16,9 +16,8 @@ use std::time::Duration;
 use autodeploy_core::{DeployConfig, DeploymentStatus, GpuProvider};
 use autodeploy_examples::speech::WavInfo;
 use autodeploy_provider::{Local, LocalConfig};
-use autodeploy_proxy::{Gateway, GatewaySettings};
+use autodeploy_proxy::{Gateway, GatewaySettings, Serving};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 const QUOTA: &str = r#"{"code": 1007, "msg": "deployment replica quota exceeded"}"#;
 const NOT_FOUND: &str = r#"{"code": 1006, "msg": "route target not found"}"#;
@@ -28,8 +27,7 @@ const NOT_FOUND: &str = r#"{"code": 1006, "msg": "route target not found"}"#;
 struct Running {
     base: String,
     gateway: Gateway,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl Running {
@@ -47,44 +45,21 @@ impl Running {
         let gateway = builder.build().await.expect("gateway");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let serving = gateway.clone();
-        let task = tokio::spawn(async move {
-            serving
-                .serve(listener, async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let serving = gateway.spawn(listener);
         Self {
             base,
             gateway,
-            stop: Some(stop),
-            task: Some(task),
+            serving,
         }
     }
 
     /// Stops the gateway; every instance is released before this returns.
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("gateway stops in time")
-                .expect("gateway task");
-        }
+    async fn stop(self) {
+        tokio::time::timeout(Duration::from_secs(20), self.serving.stop())
+            .await
+            .expect("gateway stops in time");
         for controller in self.gateway.controllers() {
             assert!(controller.instances().is_empty(), "all released");
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
         }
     }
 }

@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use autodeploy_core::{Controller, DeployConfig, GpuProvider};
 use autodeploy_provider::{Simulated, SimulatedConfig};
-use autodeploy_proxy::{Gateway, GatewaySettings};
+use autodeploy_proxy::{Gateway, GatewaySettings, Serving};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub mod binary;
 pub mod local;
@@ -22,8 +20,7 @@ pub struct TestGateway {
     pub base: String,
     pub gateway: Gateway,
     pub sim: Arc<Simulated>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    serving: Option<Serving>,
 }
 
 /// A deployment on the simulated provider.
@@ -72,21 +69,12 @@ impl TestGateway {
             builder = builder.deployment(d);
         }
         let gateway = builder.build().await.expect("gateway builds");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let serving = gateway.clone();
-        let task = tokio::spawn(async move {
-            serving
-                .serve(listener, async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let serving = Some(gateway.spawn(listener));
         Self {
             base,
             gateway,
             sim,
-            stop: Some(stop),
-            task: Some(task),
+            serving,
         }
     }
 
@@ -100,21 +88,10 @@ impl TestGateway {
 
     /// Stops the gateway and waits until every instance is released.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        if let Some(serving) = self.serving.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), serving.stop()).await;
         }
         assert_eq!(self.sim.live(), 0, "every instance is released at shutdown");
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

@@ -69,15 +69,7 @@ async fn scenario(settings: &Settings, limit: u32, backlog: u32) -> Result<(), S
         "http://{}/d/burst/",
         listener.local_addr().map_err(|e| e.to_string())?
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = gateway.clone();
-    let server = tokio::spawn(async move {
-        serving
-            .serve(listener, async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let serving = gateway.spawn(listener);
 
     // No idle connections kept: every request is sent on its own new connection, never on one
     // an earlier answer freed (which would turn late connects into unqueued requests).
@@ -126,8 +118,7 @@ async fn scenario(settings: &Settings, limit: u32, backlog: u32) -> Result<(), S
         outcomes.push(task.await.map_err(|e| e.to_string())?);
     }
     let elapsed = began.elapsed();
-    let _ = stop.send(());
-    let _ = server.await;
+    serving.stop().await;
 
     let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.error.as_ref()).collect();
     let targets: BTreeSet<&String> = outcomes.iter().filter_map(|o| o.target.as_ref()).collect();

@@ -130,15 +130,7 @@ async fn run(runs: usize, backend: String) -> Result<(), String> {
         "http://{}/d/cold/",
         listener.local_addr().map_err(|e| e.to_string())?
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = gateway.clone();
-    let server = tokio::spawn(async move {
-        serving
-            .serve(listener, async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let serving = gateway.spawn(listener);
     let controller = gateway.controller("cold").ok_or("no deployment")?;
     let http = client(4);
     // Open the client's connection to the gateway (a 404 link), so each run times the
@@ -182,8 +174,7 @@ async fn run(runs: usize, backend: String) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    let _ = stop.send(());
-    let _ = server.await;
+    serving.stop().await;
 
     let mut total: Vec<Duration> = results.iter().map(|r| r.total).collect();
     let mut to_main: Vec<Duration> = results.iter().filter_map(|r| r.to_main).collect();
