@@ -139,11 +139,6 @@ impl Metrics {
         }
     }
 
-    /// Counts one request answered with `status` under route rule `rule`.
-    pub fn request(&self, deployment: &str, rule: &'static str, status: u16) {
-        self.request_counter(deployment, rule, status).inc();
-    }
-
     /// The counter of requests answered with `status` under route rule `rule`: a handle to
     /// keep, so that the request path counts without building and hashing labels.
     pub fn request_counter(&self, deployment: &str, rule: &'static str, status: u16) -> Counter {
