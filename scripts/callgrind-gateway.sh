@@ -8,6 +8,7 @@
 # `bench-backend` (local provider, not instrumented), zeroes the counters after warm-up, sends
 # GET /d/fast/ with wrk (1 thread, 8 connections, 10 s), and prints instructions per request
 # and the top functions by inclusive cost. Needs valgrind and wrk (see scripts/loadtest.sh).
+# KEEP_DUMP=FILE keeps the callgrind dump for callgrind_annotate.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,6 +44,9 @@ callgrind_control -z "$PID" >/dev/null
 REQUESTS=$(wrk -t1 -c8 -d10s "http://127.0.0.1:$PORT/d/fast/" | awk '/requests in/{print $1}')
 callgrind_control -d "$PID" >/dev/null
 DUMP=$(ls "$WORK"/callgrind.out.* | head -n 1)
+if [ -n "${KEEP_DUMP:-}" ]; then
+    cp "$DUMP" "$KEEP_DUMP"
+fi
 TOTAL=$(callgrind_annotate "$DUMP" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
 echo "binary: $AUTODEPLOY"
 echo "requests: $REQUESTS  instructions: $TOTAL  per request: $((TOTAL / REQUESTS))"
