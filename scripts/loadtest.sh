@@ -16,7 +16,7 @@
 #   nginx       nginx, 1 worker, access_log off, upstream keepalive 64 to that backend
 #   gateway     release `autodeploy serve`, tokio's default runtime (one worker per core), a
 #               deployment whose local-provider instance is another bench-backend
-#   gateway-1t  the same with TOKIO_WORKER_THREADS=1 (one worker thread, like nginx's 1 worker)
+#   gateway-1t  the same with --worker-threads 1 (one worker thread, like nginx's 1 worker)
 #
 # Settings (environment): ROUNDS (3), DURATION (5s), CONNS (32), WRK_THREADS (1),
 # TARGETS ("direct nginx gateway gateway-1t"), CARGO_TARGET_DIR (target), SKIP_BUILD (unset),
@@ -146,7 +146,7 @@ idle_retention = "1h"
 max_instances = 1
 EOF
     if [ -n "$2" ]; then
-        TOKIO_WORKER_THREADS=$2 RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" \
+        AUTODEPLOY_WORKER_THREADS=$2 RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" \
             >"$WORK/$name.log" 2>&1 &
     else
         RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &

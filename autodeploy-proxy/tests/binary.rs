@@ -166,3 +166,38 @@ fn a_restart_releases_instances_of_deployments_no_longer_configured() {
     assert_eq!(status(port, "/d/files/", None), 404);
     assert_eq!(status(port, "/d/renamed/", None), 200);
 }
+
+#[test]
+fn one_worker_thread_serves_and_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let marker = marker("one-worker");
+    let _guard = MarkerGuard(marker.clone());
+    let config = write_config(dir.path(), port, &marker);
+
+    let refused = Command::new(BIN)
+        .args(["serve", "--worker-threads", "0", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--worker-threads"), "{err}");
+
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("AUTODEPLOY_WORKER_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gateway = GatewayProcess(Some(child));
+    wait_until_serving(port);
+    let (code, answer) = get(port, "/d/files/", None).expect("an answer");
+    assert_eq!(code, 200, "{answer}");
+    let mut child = gateway.take();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    wait_until_gone(&marker, "an instance outlived the one-worker gateway");
+}
