@@ -14,6 +14,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
@@ -24,7 +25,7 @@ use crate::headers::{
     wants_upgrade,
 };
 use crate::respond::error_response;
-use crate::upstream::{Conn, EndpointPool, UpstreamError};
+use crate::upstream::{EndpointPool, UpstreamError};
 
 /// The client address of a request, put in its extensions by the gateway's listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,10 +113,21 @@ async fn forward_inner(
     };
     let upstream = Request::from_parts(parts, body);
 
-    let (mut response, conn) = pool
-        .send(upstream, shared.settings.response_header_timeout)
-        .await
-        .map_err(|err| upstream_error(&err, lease.instance()))?;
+    let sent =
+        tokio::time::timeout(shared.settings.response_header_timeout, pool.send(upstream)).await;
+    let (mut response, sender) = match sent {
+        Err(_) => {
+            return Err(GatewayError::with_detail(
+                ErrorCode::UpstreamTimedOut,
+                format!(
+                    "no response headers within {:?}",
+                    shared.settings.response_header_timeout
+                ),
+            ));
+        }
+        Ok(Err(err)) => return Err(upstream_error(&err, lease.instance())),
+        Ok(Ok(sent)) => sent,
+    };
 
     if response.headers().contains_key(header::CONTENT_LENGTH)
         && response.headers().contains_key(header::TRANSFER_ENCODING)
@@ -134,7 +146,7 @@ async fn forward_inner(
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         // The connection becomes the tunnel.
-        conn.finish_upgrade();
+        drop(sender);
         let (mut parts, _) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);
         mark(&mut parts.headers, &lease);
@@ -145,10 +157,10 @@ async fn forward_inner(
     let (mut parts, incoming) = response.into_parts();
     let conn = if incoming.is_end_stream() {
         // No body to wait for (HEAD, 204, `Content-Length: 0`).
-        pool.put(conn);
+        pool.put(sender);
         None
     } else {
-        Some((pool, conn))
+        Some((pool, sender))
     };
     // The instance may speak HTTP/1.0 (python's http.server does); the client gets the
     // version it asked in, with the framing our server chooses for it.
@@ -215,16 +227,10 @@ fn mark(headers: &mut http::HeaderMap, lease: &Lease) {
     }
 }
 
-/// Maps a failed upstream exchange to the gateway's error: no response head in time gives
-/// 1018, the request body over its limit 1012, a client body that could not be read (bad chunk framing, cut off) 1000, and
+/// Maps a failed upstream exchange to the gateway's error: the request body over its limit
+/// gives 1012, a client body that could not be read (bad chunk framing, cut off) 1000, and
 /// anything else (refused, reset, closed early) 1010.
 fn upstream_error(err: &UpstreamError, instance: autodeploy_core::InstanceId) -> GatewayError {
-    if let UpstreamError::TimedOut(timeout) = err {
-        return GatewayError::with_detail(
-            ErrorCode::UpstreamTimedOut,
-            format!("no response headers within {timeout:?}"),
-        );
-    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut client_body = None;
     while let Some(e) = source {
@@ -282,14 +288,13 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, lease: Lease) {
 
 pin_project! {
     /// An instance's response body, holding the request's lease until the last byte has been
-    /// passed on or the client went away: an open stream counts as activity. It drives its
-    /// connection to the instance while it streams (the connection has no task of its own),
-    /// and gives it back to the pool once the body has ended (a body cut short closes it).
+    /// passed on or the client went away: an open stream counts as activity. Its connection
+    /// goes back to the pool once the body has ended (a body cut short closes it).
     struct LeasedBody {
         #[pin]
         inner: Incoming,
         lease: Option<Lease>,
-        conn: Option<(Arc<EndpointPool>, Conn)>,
+        conn: Option<(Arc<EndpointPool>, SendRequest<Body>)>,
     }
 }
 
@@ -302,30 +307,19 @@ impl HttpBody for LeasedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
-        let frame = match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                let Some((_, conn)) = this.conn.as_mut() else {
-                    return Poll::Pending;
-                };
-                // Nothing buffered: read what the instance sent (and send the rest of the
-                // request body, if any), as the connection moves only when polled.
-                let _ = conn.poll_drive(cx);
-                ready!(this.inner.as_mut().poll_frame(cx))
-            }
-        };
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(_)) => {
                 if this.inner.is_end_stream()
-                    && let Some((pool, conn)) = this.conn.take()
+                    && let Some((pool, sender)) = this.conn.take()
                 {
-                    pool.put(conn);
+                    pool.put(sender);
                 }
             }
             None => {
                 this.lease.take();
-                if let Some((pool, conn)) = this.conn.take() {
-                    pool.put(conn);
+                if let Some((pool, sender)) = this.conn.take() {
+                    pool.put(sender);
                 }
             }
             Some(Err(_)) => {

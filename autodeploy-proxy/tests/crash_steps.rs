@@ -205,13 +205,29 @@ fn serves_fresh(step: &str, port: u16, marker: &str, path: &str) -> String {
 }
 
 /// A graceful stop of the new gateway leaves nothing running.
+///
+/// Allowed a moment: a child the killed gateway had forked but not yet exec'd carries no
+/// marker until its exec, which a loaded machine may delay past the restart's check; it then
+/// finds its gate closed (its parent is gone) and exits without running the command. An
+/// instance left running would still be there after the wait.
 fn stops_cleanly(step: &str, mut gateway: GatewayProcess, marker: &str) {
     let mut child = gateway.take();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{step}: {exit:?}");
-    let left = marked_processes(marker);
-    assert!(left.is_empty(), "{step}: {:#?}", describe(&left));
+    let began = Instant::now();
+    loop {
+        let left = marked_processes(marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(3),
+            "{step}: left after the graceful stop: {:#?}",
+            describe(&left)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

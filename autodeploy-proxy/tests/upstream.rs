@@ -1,7 +1,7 @@
 //! The gateway's keep-alive connections to an instance, against a raw TCP backend that counts
 //! the connections it accepts: reuse, an idle connection the instance closed, a response that
 //! ends before the request body has been sent, a client gone while its request waits, and
-//! the response head deadline (one timer per connection, moved at each request).
+//! the response head deadline.
 
 mod support;
 
@@ -166,7 +166,7 @@ async fn a_response_that_ends_before_the_request_body_still_sends_the_body_and_k
 }
 
 #[tokio::test]
-async fn a_client_gone_while_its_request_waits_closes_the_upstream_connection() {
+async fn a_client_gone_while_its_request_waits_leaves_its_upstream_connection_unused() {
     let (gw, backend) = backend_gateway(After::KeepOpen, Duration::from_millis(500)).await;
     let waiting = tokio::time::timeout(
         Duration::from_millis(100),
