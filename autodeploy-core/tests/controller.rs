@@ -198,6 +198,9 @@ async fn idle_instance_is_released_at_exactly_the_retention_period() {
     let lease = c.acquire(default_route).await.unwrap();
     let id = lease.instance();
     tokio::time::sleep(Duration::from_secs(10)).await;
+    // Serving for 10 s is not being idle for 10 s.
+    assert_eq!(c.instances()[0].idle_for, Duration::ZERO);
+    assert_eq!(c.instances()[0].in_flight, 1);
     drop(lease);
     settle().await;
     assert_eq!(c.status(), DeploymentStatus::Running);

@@ -61,7 +61,8 @@ pub struct InstanceInfo {
     /// Time from creation to ready, once ready.
     #[serde(serialize_with = "opt_as_secs")]
     pub ready_after: Option<Duration>,
-    /// Time since its last request ended (or since it became ready).
+    /// Time since its last request ended (or since it became ready); zero while it serves a
+    /// request, as a busy instance is not idle.
     #[serde(serialize_with = "as_secs")]
     pub idle_for: Duration,
     /// Requests it is serving now.
@@ -238,7 +239,11 @@ impl Controller {
                 ready_after: i
                     .ready_at
                     .map(|r| r.saturating_duration_since(i.created_at)),
-                idle_for: now.saturating_duration_since(i.last_activity),
+                idle_for: if i.in_flight > 0 {
+                    Duration::ZERO
+                } else {
+                    now.saturating_duration_since(i.last_activity)
+                },
                 in_flight: i.in_flight,
                 served: i.served,
                 cost: i.cost_until(now),
