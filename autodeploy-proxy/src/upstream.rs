@@ -29,6 +29,10 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often idle connections and the pools of released instances are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How long a connection whose response has ended may take to be ready for the next request
+/// (typically: still sending a request body the instance answered early) before it is
+/// closed instead of kept.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The pools of every endpoint in use, keyed by the address of its `Arc<Endpoint>` (held by
 /// the pool, so the address cannot be reused while the entry exists).
@@ -201,9 +205,13 @@ impl EndpointPool {
         if sender.is_ready() {
             self.keep(sender);
         } else if !sender.is_closed() {
-            // Its connection task has not yet gone back to waiting for a request.
+            // Its connection task has not yet gone back to waiting for a request (it may
+            // still be sending the request body). Kept if it gets there in time; dropped
+            // (closed) otherwise, so no waiter lingers on a connection that never settles.
             tokio::spawn(async move {
-                if poll_fn(|cx| sender.poll_ready(cx)).await.is_ok() {
+                let ready =
+                    tokio::time::timeout(SETTLE_TIMEOUT, poll_fn(|cx| sender.poll_ready(cx)));
+                if let Ok(Ok(())) = ready.await {
                     self.keep(sender);
                 }
             });

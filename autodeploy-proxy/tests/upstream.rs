@@ -134,34 +134,46 @@ async fn an_idle_connection_the_instance_closed_is_replaced_without_an_error() {
 }
 
 #[tokio::test]
-async fn a_response_that_ends_before_the_request_body_still_sends_the_body_and_keeps_the_connection()
- {
+async fn a_response_that_ends_before_the_request_body_still_gets_the_whole_body_through() {
     let (gw, backend) = backend_gateway(After::KeepOpen, Duration::ZERO).await;
-    let http = client();
-    // 4 MiB: far more than the socket buffers hold, so the answer (sent after the head) ends
-    // while most of the body is still to be sent.
-    let body = vec![b'b'; 4 << 20];
-    let resp = http
-        .post(gw.url("/d/f/upload"))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    // A raw client that sends its whole body whatever the answer (an HTTP client library may
+    // stop sending once the response is complete). 4 MiB: far more than the socket buffers
+    // hold, so the answer (sent after the head) ends while most of the body is to be sent.
+    const BODY: usize = 4 << 20;
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let head =
+            format!("POST /d/f/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {BODY}\r\n\r\n");
+        write.write_all(head.as_bytes()).await.unwrap();
+        write.write_all(&vec![b'b'; BODY]).await.unwrap();
+        write
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"ok") {
+        let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    let _write = sender.await.unwrap();
+    eventually("the whole body at the backend", || {
+        backend.seen.lock().iter().filter(|&&b| b == b'b').count() >= BODY
+    })
+    .await;
+    // The next request is served (on that connection once it has settled, or on a new one:
+    // one that does not settle within 5 s is closed, never handed to a request).
+    let resp = client().get(gw.url("/d/f/next")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "ok");
-    let resp = http.get(gw.url("/d/f/next")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "ok");
-    // The whole body reached the backend, then the next request, on the same connection.
     let seen = String::from_utf8_lossy(&backend.seen.lock()).into_owned();
-    let bs = seen.bytes().filter(|&b| b == b'b').count();
-    assert!(
-        bs >= body.len(),
-        "the backend saw {bs} of {} body bytes",
-        body.len()
-    );
     assert!(seen.contains("GET /next"), "the next request never arrived");
-    assert_eq!(backend.accepted.load(Ordering::SeqCst), 1);
+    assert!(backend.accepted.load(Ordering::SeqCst) <= 2);
     gw.stop().await;
 }
 
