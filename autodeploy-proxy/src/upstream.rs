@@ -207,7 +207,9 @@ impl EndpointPool {
         } else if !sender.is_closed() {
             // Its connection task has not yet gone back to waiting for a request (it may
             // still be sending the request body). Kept if it gets there in time; dropped
-            // (closed) otherwise, so no waiter lingers on a connection that never settles.
+            // (closed) otherwise, so no waiter lingers on a connection that never settles:
+            // hyper can leave a client connection whose response ended before its request
+            // body was sent neither ready nor closed (hyperium/hyper#4176, open).
             tokio::spawn(async move {
                 let ready =
                     tokio::time::timeout(SETTLE_TIMEOUT, poll_fn(|cx| sender.poll_ready(cx)));
