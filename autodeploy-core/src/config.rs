@@ -74,6 +74,13 @@ pub struct DeployConfig {
     /// A dedicated listen address for this deployment (the port-per-deployment link style).
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Keys that open the link: when any are set, a request must carry one of them in the
+    /// `Deploy-Access-Key` header, or it is refused (401, code 1001) before it can start or
+    /// reach an instance. Empty (the default): the link is open. The header never reaches the
+    /// instance; `Authorization` stays the service's own. Each key is 16 to 256 visible ASCII
+    /// characters.
+    #[serde(default)]
+    pub access_keys: Vec<String>,
 }
 
 /// The GPUs one instance needs.
@@ -242,6 +249,7 @@ impl DeployConfig {
             concurrency_limit: 0,
             price_per_hour: 0.0,
             listen: None,
+            access_keys: Vec::new(),
         }
     }
 
@@ -326,6 +334,25 @@ impl DeployConfig {
         }
         if !self.price_per_hour.is_finite() || self.price_per_hour < 0.0 {
             fail("price_per_hour", "must be a finite number ≥ 0".to_owned());
+        }
+        for (i, key) in self.access_keys.iter().enumerate() {
+            // Never echo a key in an error: errors are logged and answered.
+            if !(16..=256).contains(&key.len()) {
+                fail(
+                    &format!("access_keys[{i}]"),
+                    format!("must be 16 to 256 characters, got {}", key.len()),
+                );
+            } else if !key.bytes().all(|b| b.is_ascii_graphic()) {
+                fail(
+                    &format!("access_keys[{i}]"),
+                    "must be visible ASCII (no spaces or control characters)".to_owned(),
+                );
+            } else if self.access_keys[..i].contains(key) {
+                fail(
+                    &format!("access_keys[{i}]"),
+                    "repeats an earlier key".to_owned(),
+                );
+            }
         }
         if errors.is_empty() {
             Ok(())
@@ -436,6 +463,46 @@ mod tests {
         assert_eq!(errs.0.len(), 1);
         assert_eq!(errs.0[0].field, "min_instances");
         assert!(errs.to_string().contains("3 > 2"));
+    }
+
+    #[test]
+    fn access_keys_are_checked_and_never_echoed() {
+        let mut cfg = DeployConfig::new("a", "true", Duration::from_secs(1), 1);
+        cfg.access_keys = vec!["k3y-0123456789abcdef".into()];
+        assert!(cfg.validate().is_ok());
+        cfg.access_keys = vec![
+            "short-secret".into(),
+            "has a space in it, 24 ch".into(),
+            "k3y-0123456789abcdef".into(),
+            "k3y-0123456789abcdef".into(),
+            "x".repeat(257),
+        ];
+        let err = cfg.validate().unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "access_keys[0]",
+                "access_keys[1]",
+                "access_keys[3]",
+                "access_keys[4]"
+            ]
+        );
+        let text = err.to_string();
+        for key in &cfg.access_keys {
+            assert!(!text.contains(key.as_str()), "{text}");
+        }
+        let parsed: DeployConfig = toml::from_str(
+            r#"
+            id = "a"
+            start_command = "true"
+            idle_retention = "1m"
+            max_instances = 1
+            access_keys = ["k3y-0123456789abcdef", "another-key-0123456789"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(parsed.access_keys.len(), 2);
     }
 
     #[test]

@@ -65,6 +65,10 @@ async fn forward_inner(
     req: Request<Body>,
     path_and_query: &str,
 ) -> Result<Response<Body>, GatewayError> {
+    // First: a request without a valid key learns nothing else and starts nothing.
+    if !deployment.admits(req.headers()) {
+        return Err(ErrorCode::Unauthorized.into());
+    }
     let limit = shared.settings.max_request_body;
     if limit > 0 && declared_length(&req).is_some_and(|n| n > limit) {
         return Err(GatewayError::with_detail(

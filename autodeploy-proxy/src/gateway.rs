@@ -23,6 +23,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Request, Response};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -30,6 +31,7 @@ use tower::{Service, ServiceExt};
 
 use crate::config::{GatewayConfig, GatewaySettings, RateLimit};
 use crate::forward::forward;
+use crate::headers::DEPLOY_ACCESS_KEY;
 use crate::metrics::Metrics;
 use crate::respond::error_response;
 use crate::upstream::Upstream;
@@ -89,6 +91,24 @@ impl Deployment {
         }
         let refused = limiter.check_key(&key).err()?;
         Some(refused.wait_time_from(limiter.clock().now()))
+    }
+
+    /// Whether a request with `headers` may use this deployment's link: always when it has no
+    /// access keys, otherwise when `Deploy-Access-Key` holds one of them. Every key is compared
+    /// in constant time, so the answer's timing tells nothing about how close a guess was.
+    pub(crate) fn admits(&self, headers: &http::HeaderMap) -> bool {
+        let config = self.controller.config();
+        if config.access_keys.is_empty() {
+            return true;
+        }
+        let presented = headers
+            .get(DEPLOY_ACCESS_KEY)
+            .map_or(&[][..], |v| v.as_bytes());
+        let mut admitted = subtle::Choice::from(0);
+        for key in &config.access_keys {
+            admitted |= presented.ct_eq(key.as_bytes());
+        }
+        bool::from(admitted)
     }
 
     /// Counts one answered request in the gateway's metrics.
@@ -268,6 +288,7 @@ impl Gateway {
         config
             .validate()
             .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
+        self.warn_if_keys_are_readable(&config);
         let provider = self
             .shared
             .providers
@@ -351,12 +372,25 @@ impl Gateway {
         Ok(controller)
     }
 
+    /// Warns when a deployment has access keys but the management API, which shows them, has
+    /// no token: anyone who reaches the gateway could read the keys there.
+    fn warn_if_keys_are_readable(&self, config: &DeployConfig) {
+        if !config.access_keys.is_empty() && self.shared.settings.admin_token.is_none() {
+            tracing::warn!(
+                deployment = %config.id,
+                "the deployment has access keys but [gateway] admin_token is not set: \
+                 /api/v1 shows them to anyone who reaches the gateway"
+            );
+        }
+    }
+
     /// Replaces a deployment's configuration (validated; the id, provider and listen address
     /// cannot change).
     pub fn update_deployment(&self, config: DeployConfig) -> Result<(), GatewayError> {
         config
             .validate()
             .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
+        self.warn_if_keys_are_readable(&config);
         let deployment = self
             .deployment(&config.id)
             .ok_or(ErrorCode::DeploymentNotFound)?;

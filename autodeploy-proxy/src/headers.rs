@@ -1,5 +1,6 @@
 //! Header rules of a reverse proxy: hop-by-hop removal (RFC 9110 §7.6.1), `X-Forwarded-*`,
-//! and the gateway's own control headers.
+//! and the gateway's own control headers (`Deploy-Route-Rule`, `Deploy-Access-Key` in;
+//! `Deploy-Route-Target`, `Deploy-Wait-Ms` out).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -7,6 +8,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The request header that selects a route rule (the product's name).
 pub const DEPLOY_ROUTE_RULE: HeaderName = HeaderName::from_static("deploy-route-rule");
+/// The request header carrying a deployment's access key, when it has any; never forwarded.
+pub const DEPLOY_ACCESS_KEY: HeaderName = HeaderName::from_static("deploy-access-key");
 /// The response header naming the instance that produced the response (the product's name).
 pub const DEPLOY_ROUTE_TARGET: HeaderName = HeaderName::from_static("deploy-route-target");
 /// The response header saying how long the request waited for an instance (cold start,
@@ -80,6 +83,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub fn prepare_upstream(headers: &mut HeaderMap, client: Option<SocketAddr>, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
     headers.remove(DEPLOY_ROUTE_RULE);
+    headers.remove(DEPLOY_ACCESS_KEY);
     if let Some(host) = headers.remove(header::HOST) {
         headers.insert(X_FORWARDED_HOST, host);
     }
@@ -127,8 +131,10 @@ mod tests {
         h.insert(header::TE, "trailers".parse().unwrap());
         h.insert(header::AUTHORIZATION, "Bearer sk-template".parse().unwrap());
         h.insert(DEPLOY_ROUTE_RULE, "random".parse().unwrap());
+        h.insert(DEPLOY_ACCESS_KEY, "k3y-0123456789abcdef".parse().unwrap());
         h.insert(header::HOST, "gw:8000".parse().unwrap());
         prepare_upstream(&mut h, Some("10.0.0.1:5555".parse().unwrap()), false);
+        assert!(!h.contains_key(DEPLOY_ACCESS_KEY));
         assert!(!h.contains_key("x-secret"));
         assert!(!h.contains_key(header::CONNECTION));
         assert!(!h.contains_key(header::TE));

@@ -420,3 +420,61 @@ async fn scale_out_is_rate_limited_per_client_address() {
     assert_eq!(gw.sim.created(), 3);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn access_keys_guard_the_link_and_never_reach_the_instance() {
+    const KEY_A: &str = "k3y-aaaaaaaaaaaaaaaa";
+    const KEY_B: &str = "k3y-bbbbbbbbbbbbbbbb";
+    let mut guarded = deployment("guarded", 2, Duration::from_secs(60));
+    guarded.access_keys = vec![KEY_A.into(), KEY_B.into()];
+    let gw = TestGateway::start(sim(Duration::ZERO), vec![guarded.clone()]).await;
+    let post = |key: Option<&str>, rule: Option<&str>| {
+        let mut req = client()
+            .post(gw.url("/d/guarded/v1/audio/speech"))
+            .header("Authorization", "Bearer sk-template");
+        if let Some(key) = key {
+            req = req.header("Deploy-Access-Key", key);
+        }
+        if let Some(rule) = rule {
+            req = req.header("Deploy-Route-Rule", rule);
+        }
+        req.body("{}").send()
+    };
+    let refused = [
+        None,
+        Some(""),
+        Some("k3y-aaaaaaaaaaaaaaa"),   // one short
+        Some("k3y-aaaaaaaaaaaaaaaaa"), // one long
+        Some("K3Y-AAAAAAAAAAAAAAAA"),  // keys are case-sensitive
+        Some("Bearer k3y-aaaaaaaaaaaaaaaa"),
+    ];
+    for key in refused {
+        for rule in [None, Some("scale-out"), Some("random")] {
+            let resp = post(key, rule).await.unwrap();
+            assert_eq!(resp.status(), 401, "{key:?} {rule:?}");
+            assert_eq!(
+                resp.text().await.unwrap(),
+                r#"{"code": 1001, "msg": "unauthorized"}"#
+            );
+        }
+    }
+    // A refused request starts nothing: no instance, no cost.
+    assert_eq!(gw.sim.created(), 0);
+    assert_eq!(gw.controller("guarded").status(), DeploymentStatus::Standby);
+
+    for key in [KEY_A, KEY_B] {
+        let resp = post(Some(key), None).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let json: Value = resp.json().await.unwrap();
+        let headers = &json["headers"];
+        assert!(headers.get("deploy-access-key").is_none(), "{headers}");
+        assert_eq!(headers["authorization"], "Bearer sk-template");
+    }
+    assert_eq!(gw.sim.created(), 1);
+
+    // Keys changed at runtime apply to the next request: removed, the link is open.
+    guarded.access_keys.clear();
+    gw.gateway.update_deployment(guarded).unwrap();
+    assert_eq!(post(None, None).await.unwrap().status(), 200);
+    gw.stop().await;
+}
