@@ -202,6 +202,7 @@ async fn create_deployment(
         BuildError::Deployment(e) => ApiError(e),
         other => ApiError(GatewayError::with_detail(ErrorCode::InvalidConfig, other)),
     })?;
+    gateway.save_api_deployments().await;
     Ok((StatusCode::CREATED, axum::Json(detail(&controller))))
 }
 
@@ -222,6 +223,8 @@ async fn update_deployment(
         .into());
     }
     gateway.update_deployment(config)?;
+    note_runtime_only(&gateway, &id, "updated");
+    gateway.save_api_deployments().await;
     Ok(axum::Json(detail(&controller(&gateway, &id)?)))
 }
 
@@ -231,11 +234,25 @@ async fn delete_deployment(
 ) -> ApiResult<impl IntoResponse> {
     let controller = controller(&gateway, &id)?;
     gateway.remove_deployment(&id).await?;
+    note_runtime_only(&gateway, &id, "deleted");
+    gateway.save_api_deployments().await;
     Ok(axum::Json(serde_json::json!({
         "id": id,
         "deleted": true,
         "total_cost": controller.total_cost(),
     })))
+}
+
+/// Logs that a change through the API will not outlive a restart: the config file defines
+/// the deployment (edit the file to keep it), or the gateway keeps no API store.
+fn note_runtime_only(gateway: &Gateway, id: &str, change: &str) {
+    if gateway.change_is_runtime_only(id) {
+        tracing::info!(
+            deployment = id,
+            "{change} through the API until the next restart (the config file, or no state_dir, \
+             decides what runs after it)"
+        );
+    }
 }
 
 async fn list_instances(

@@ -7,6 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,7 @@ use crate::forward::forward;
 use crate::headers::DEPLOY_ACCESS_KEY;
 use crate::metrics::Metrics;
 use crate::respond::error_response;
+use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
 use crate::{api, link, server};
 
@@ -56,6 +58,8 @@ pub(crate) struct Shared {
     /// Deployments removed from the map whose instances are still draining: their id cannot
     /// be added again until they are released (the new one's reconciliation would cut them).
     removing: Mutex<std::collections::BTreeSet<String>>,
+    /// Where deployments created through the management API are kept, if anywhere.
+    store: Option<Store>,
 }
 
 /// One deployment as the gateway runs it.
@@ -144,6 +148,9 @@ pub enum BuildError {
         /// Why.
         message: String,
     },
+    /// The deployments kept from the management API could not be read or added.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A dedicated listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -160,6 +167,7 @@ pub struct GatewayBuilder {
     settings: GatewaySettings,
     providers: BTreeMap<String, Arc<dyn GpuProvider>>,
     deployments: Vec<DeployConfig>,
+    store: Option<PathBuf>,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -168,6 +176,7 @@ impl fmt::Debug for GatewayBuilder {
             .field("settings", &self.settings)
             .field("providers", &self.providers.keys().collect::<Vec<_>>())
             .field("deployments", &self.deployments.len())
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -191,9 +200,23 @@ impl GatewayBuilder {
         self
     }
 
-    /// Builds the gateway: creates each deployment's controller, releases instances an
-    /// earlier run left behind (reconciliation), and binds dedicated listeners.
+    /// Keeps the deployments created through the management API in the JSON file at `path`
+    /// (written at each create, update and delete), and adds those it holds when the gateway is
+    /// built. The builder's own deployments (a config file's) are never written there, and one
+    /// of theirs wins over a stored deployment of the same id.
+    pub fn api_store(mut self, path: impl Into<PathBuf>) -> Self {
+        self.store = Some(path.into());
+        self
+    }
+
+    /// Builds the gateway: creates each deployment's controller (the builder's, then those
+    /// kept in the API store), releases instances an earlier run left behind
+    /// (reconciliation), and binds dedicated listeners.
     pub async fn build(self) -> Result<Gateway, BuildError> {
+        let store = self.store.map(|path| {
+            let file_owned = self.deployments.iter().map(|d| d.id.clone()).collect();
+            Store::new(path, file_owned)
+        });
         let gateway = Gateway {
             shared: Arc::new(Shared {
                 deployments: RwLock::new(BTreeMap::new()),
@@ -204,10 +227,23 @@ impl GatewayBuilder {
                 closed: AtomicBool::new(false),
                 adding: tokio::sync::Mutex::new(()),
                 removing: Mutex::new(Default::default()),
+                store,
             }),
         };
         for config in self.deployments {
             gateway.add_deployment(config).await?;
+        }
+        if let Some(store) = &gateway.shared.store {
+            for config in store.load()? {
+                let id = config.id.clone();
+                gateway
+                    .add_deployment(config)
+                    .await
+                    .map_err(|err| StoreError::Invalid {
+                        path: store.path().to_owned(),
+                        message: format!("deployment {id}: {err}"),
+                    })?;
+            }
         }
         Ok(gateway)
     }
@@ -239,11 +275,18 @@ impl Gateway {
                 message: e.to_string(),
             })?;
         builder = builder.provider("simulated", Arc::new(simulated));
-        let configured: Vec<String> = config.deployments.iter().map(|d| d.id.clone()).collect();
+        if let Some(dir) = &config.gateway.state_dir {
+            builder = builder.api_store(dir.join("deployments.json"));
+        }
         for deployment in config.deployments {
             builder = builder.deployment(deployment);
         }
         let gateway = builder.build().await?;
+        let configured: Vec<String> = gateway
+            .controllers()
+            .iter()
+            .map(|c| c.config().id.clone())
+            .collect();
         release_unconfigured(&local, &configured).await;
         Ok(gateway)
     }
@@ -370,6 +413,37 @@ impl Gateway {
         }
         tracing::info!(deployment = id, "deployment added");
         Ok(controller)
+    }
+
+    /// Writes the deployments the config file does not define to the API store, if the
+    /// gateway has one; called after each change through the management API. A failed write
+    /// is logged: the change is in effect, but would not survive a restart.
+    pub(crate) async fn save_api_deployments(&self) {
+        let Some(store) = &self.shared.store else {
+            return;
+        };
+        let configs = self
+            .controllers()
+            .iter()
+            .map(|c| (*c.config()).clone())
+            .collect();
+        if let Err(err) = store.save(configs).await {
+            tracing::error!(
+                file = %store.path().display(),
+                %err,
+                "cannot save the deployments created through the API: the change is in effect \
+                 but will not survive a restart"
+            );
+        }
+    }
+
+    /// Whether a change to deployment `id` through the API lasts only until the next restart
+    /// (the config file defines it, or there is no API store).
+    pub(crate) fn change_is_runtime_only(&self, id: &str) -> bool {
+        self.shared
+            .store
+            .as_ref()
+            .is_none_or(|store| store.is_file_owned(id))
     }
 
     /// Warns when a deployment has access keys but the management API, which shows them, has

@@ -8,7 +8,9 @@
 //!   [`GatewayConfig`] or piece by piece with [`Gateway::builder`];
 //! - [`Gateway::service`]: a [`tower::Service`] to mount in your own hyper or axum server;
 //!   [`Gateway::serve`] runs it on a listener with graceful shutdown;
-//! - the management API under `/api/v1` ([`api`]), `/metrics` ([`metrics`]), `/healthz`.
+//! - the management API under `/api/v1` ([`api`]), `/metrics` ([`metrics`]), `/healthz`;
+//!   deployments it creates are kept across restarts in a JSON file when the gateway has
+//!   one ([`GatewayBuilder::api_store`]; the binary uses `{state_dir}/deployments.json`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -30,9 +32,11 @@ pub mod link;
 pub mod metrics;
 mod respond;
 pub mod server;
+mod store;
 mod upstream;
 
 pub use config::{ConfigError, GatewayConfig, GatewaySettings, RateLimit};
 pub use forward::ClientAddr;
 pub use gateway::{BuildError, Gateway, GatewayBuilder, GatewayService, Serving};
 pub use respond::{ApiError, error_response};
+pub use store::StoreError;
