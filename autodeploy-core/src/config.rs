@@ -81,6 +81,23 @@ pub struct DeployConfig {
     /// characters.
     #[serde(default)]
     pub access_keys: Vec<String>,
+    /// The HTTP version the gateway speaks to instances: `"http1"` (the default) or `"h2c"`
+    /// (HTTP/2 over plain TCP, for gRPC services such as Triton's).
+    #[serde(default)]
+    pub upstream: UpstreamProtocol,
+}
+
+/// The HTTP version spoken to a deployment's instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive connections (and WebSocket upgrades).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, with prior knowledge: one multiplexed connection per instance;
+    /// `TE: trailers` and trailers pass through, as gRPC needs. Upgrade requests (WebSocket)
+    /// still go over HTTP/1.1.
+    H2c,
 }
 
 /// The GPUs one instance needs.
@@ -250,6 +267,7 @@ impl DeployConfig {
             price_per_hour: 0.0,
             listen: None,
             access_keys: Vec::new(),
+            upstream: UpstreamProtocol::Http1,
         }
     }
 

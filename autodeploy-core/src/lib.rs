@@ -44,7 +44,8 @@ pub mod provider;
 pub mod route;
 
 pub use config::{
-    DeployConfig, FieldError, GpuSpec, QueueConfig, ReadinessProbe, ValidationErrors,
+    DeployConfig, FieldError, GpuSpec, QueueConfig, ReadinessProbe, UpstreamProtocol,
+    ValidationErrors,
 };
 pub use controller::{
     Controller, ControllerBuilder, ControllerEvent, EventSink, InstanceInfo, Lease, NoEvents,

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use autodeploy_core::{ErrorCode, GatewayError, Lease};
+use autodeploy_core::{DeployConfig, ErrorCode, GatewayError, Lease, UpstreamProtocol};
 use autodeploy_routing::RouteRule;
 use axum::body::Body;
 use bytes::Bytes;
@@ -18,11 +18,12 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
+use subtle::ConstantTimeEq;
 
 use crate::gateway::{Deployment, Shared};
 use crate::headers::{
-    DEPLOY_ROUTE_RULE, DEPLOY_ROUTE_TARGET, DEPLOY_WAIT_MS, prepare_upstream, strip_hop_by_hop,
-    wants_upgrade,
+    DEPLOY_ACCESS_KEY, DEPLOY_ROUTE_RULE, DEPLOY_ROUTE_TARGET, DEPLOY_WAIT_MS, prepare_upstream,
+    strip_hop_by_hop, wants_upgrade,
 };
 use crate::respond::error_response;
 use crate::upstream::{EndpointPool, UpstreamError};
@@ -65,8 +66,9 @@ async fn forward_inner(
     req: Request<Body>,
     path_and_query: &str,
 ) -> Result<Response<Body>, GatewayError> {
+    let config = deployment.controller.config();
     // First: a request without a valid key learns nothing else and starts nothing.
-    if !deployment.admits(req.headers()) {
+    if !admitted(&config, req.headers()) {
         return Err(ErrorCode::Unauthorized.into());
     }
     let limit = shared.settings.max_request_body;
@@ -103,12 +105,37 @@ async fn forward_inner(
     } else {
         None
     };
+    // Upgrades (WebSocket) go over HTTP/1.1 whatever the deployment speaks.
+    let h2 = config.upstream == UpstreamProtocol::H2c && !upgrade;
+    // gRPC needs `TE: trailers` end to end; HTTP/2 allows TE with exactly that value.
+    let te_trailers = h2 && asks_for_trailers(&parts.headers);
     prepare_upstream(&mut parts.headers, client, upgrade);
     let pool = shared.upstream.pool(lease.endpoint());
-    parts.headers.insert(header::HOST, pool.host().clone());
-    parts.uri = origin_form(path_and_query)
-        .map_err(|e| GatewayError::with_detail(ErrorCode::BadRequest, e))?;
-    parts.version = Version::HTTP_11;
+    let bad_target = |e: http::Error| GatewayError::with_detail(ErrorCode::BadRequest, e);
+    if h2 {
+        // HTTP/2 carries the instance's address as `:authority`, from an absolute URI.
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(pool.host().as_bytes())
+            .path_and_query(if path_and_query.is_empty() {
+                "/"
+            } else {
+                path_and_query
+            })
+            .build()
+            .map_err(bad_target)?;
+        parts.version = Version::HTTP_2;
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    } else {
+        parts.headers.insert(header::HOST, pool.host().clone());
+        parts.uri = origin_form(path_and_query)
+            .map_err(|e| GatewayError::with_detail(ErrorCode::BadRequest, e))?;
+        parts.version = Version::HTTP_11;
+    }
     parts.extensions = http::Extensions::new();
     let body = if limit > 0 {
         Body::new(http_body_util::Limited::new(body, limit as usize))
@@ -117,8 +144,19 @@ async fn forward_inner(
     };
     let upstream = Request::from_parts(parts, body);
 
-    let sent =
-        tokio::time::timeout(shared.settings.response_header_timeout, pool.send(upstream)).await;
+    // HTTP/1.1 lends a connection that goes back to the pool when the body ends; HTTP/2
+    // shares one connection and needs nothing given back.
+    let exchange = async {
+        if h2 {
+            pool.send_h2(upstream)
+                .await
+                .map(|response| (response, None))
+        } else {
+            let (response, sender) = pool.send(upstream).await?;
+            Ok((response, Some(sender)))
+        }
+    };
+    let sent = tokio::time::timeout(shared.settings.response_header_timeout, exchange).await;
     let (mut response, sender) = match sent {
         Err(_) => {
             return Err(GatewayError::with_detail(
@@ -159,12 +197,14 @@ async fn forward_inner(
     }
 
     let (mut parts, incoming) = response.into_parts();
-    let conn = if incoming.is_end_stream() {
-        // No body to wait for (HEAD, 204, `Content-Length: 0`).
-        pool.put(sender);
-        None
-    } else {
-        Some((pool, sender))
+    let conn = match sender {
+        Some(sender) if incoming.is_end_stream() => {
+            // No body to wait for (HEAD, 204, `Content-Length: 0`).
+            pool.put(sender);
+            None
+        }
+        Some(sender) => Some((pool, sender)),
+        None => None,
     };
     // The instance may speak HTTP/1.0 (python's http.server does); the client gets the
     // version it asked in, with the framing our server chooses for it.
@@ -179,6 +219,33 @@ async fn forward_inner(
             conn,
         }),
     ))
+}
+
+/// Whether a request with `headers` may use a link of `config`: always when it has no access
+/// keys, otherwise when `Deploy-Access-Key` holds one of them. Every key is compared in
+/// constant time, so the answer's timing tells nothing about how close a guess was.
+fn admitted(config: &DeployConfig, headers: &http::HeaderMap) -> bool {
+    if config.access_keys.is_empty() {
+        return true;
+    }
+    let presented = headers
+        .get(DEPLOY_ACCESS_KEY)
+        .map_or(&[][..], |v| v.as_bytes());
+    let mut admitted = subtle::Choice::from(0);
+    for key in &config.access_keys {
+        admitted |= presented.ct_eq(key.as_bytes());
+    }
+    bool::from(admitted)
+}
+
+/// Whether the client sent `TE: trailers` (among other TE values or not).
+fn asks_for_trailers(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// The client's address: set by our listener, or by axum's `ConnectInfo` when the gateway is

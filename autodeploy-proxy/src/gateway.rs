@@ -24,7 +24,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Request, Response};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -32,7 +31,6 @@ use tower::{Service, ServiceExt};
 
 use crate::config::{GatewayConfig, GatewaySettings, RateLimit};
 use crate::forward::forward;
-use crate::headers::DEPLOY_ACCESS_KEY;
 use crate::metrics::Metrics;
 use crate::respond::error_response;
 use crate::store::{Store, StoreError};
@@ -95,24 +93,6 @@ impl Deployment {
         }
         let refused = limiter.check_key(&key).err()?;
         Some(refused.wait_time_from(limiter.clock().now()))
-    }
-
-    /// Whether a request with `headers` may use this deployment's link: always when it has no
-    /// access keys, otherwise when `Deploy-Access-Key` holds one of them. Every key is compared
-    /// in constant time, so the answer's timing tells nothing about how close a guess was.
-    pub(crate) fn admits(&self, headers: &http::HeaderMap) -> bool {
-        let config = self.controller.config();
-        if config.access_keys.is_empty() {
-            return true;
-        }
-        let presented = headers
-            .get(DEPLOY_ACCESS_KEY)
-            .map_or(&[][..], |v| v.as_bytes());
-        let mut admitted = subtle::Choice::from(0);
-        for key in &config.access_keys {
-            admitted |= presented.ct_eq(key.as_bytes());
-        }
-        bool::from(admitted)
     }
 
     /// Counts one answered request in the gateway's metrics.

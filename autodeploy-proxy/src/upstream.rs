@@ -18,7 +18,8 @@ use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 
 /// How long an idle connection is kept.
@@ -51,6 +52,10 @@ pub(crate) struct EndpointPool {
     /// The `Host` header the instance gets (its own address).
     host: HeaderValue,
     idle: Mutex<Vec<Idle>>,
+    /// The HTTP/2 connection of an `h2c` deployment, opened on first use and shared by every
+    /// request (one connection multiplexes them); replaced when it closes. The async lock
+    /// makes concurrent first requests wait for one handshake instead of opening many.
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
 }
 
 struct Idle {
@@ -133,6 +138,7 @@ impl EndpointPool {
             endpoint,
             host,
             idle: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -181,13 +187,67 @@ impl EndpointPool {
         None
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+    /// Sends `req` (its URI absolute) over the endpoint's HTTP/2 connection, opening it if
+    /// there is none or it has closed. A request hyper hands back unsent (the connection
+    /// closed before it was written) is sent once more on a new connection.
+    pub(crate) async fn send_h2(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = self.h2_sender().await?;
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(response),
+            Err(mut err) => match err.take_message() {
+                Some(unsent) => {
+                    let mut sender = self.h2_sender().await?;
+                    sender
+                        .send_request(unsent)
+                        .await
+                        .map_err(UpstreamError::Send)
+                }
+                None => Err(UpstreamError::Send(err.into_error())),
+            },
+        }
+    }
+
+    /// A handle on the open HTTP/2 connection, after a new handshake if needed.
+    async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let mut slot = self.h2.lock().await;
+        if let Some(sender) = slot.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let stream = self.open().await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "upstream HTTP/2 connection ended");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// A new TCP connection to the endpoint, without Nagle's delay.
+    async fn open(&self) -> Result<tokio::net::TcpStream, UpstreamError> {
         let addr = (self.endpoint.host.as_str(), self.endpoint.port);
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(CONNECT_TIMEOUT))?
             .map_err(UpstreamError::Connect)?;
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+        let stream = self.open().await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Handshake)?;
