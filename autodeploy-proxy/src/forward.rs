@@ -66,9 +66,16 @@ async fn forward_inner(
     req: Request<Body>,
     path_and_query: &str,
 ) -> Result<Response<Body>, GatewayError> {
-    let config = deployment.controller.config();
+    // What this request needs of the configuration, read once (not held across awaits).
+    let (admitted, speaks_h2) = {
+        let config = deployment.controller.config();
+        (
+            admitted(&config, req.headers()),
+            config.upstream == UpstreamProtocol::H2c,
+        )
+    };
     // First: a request without a valid key learns nothing else and starts nothing.
-    if !admitted(&config, req.headers()) {
+    if !admitted {
         return Err(ErrorCode::Unauthorized.into());
     }
     let limit = shared.settings.max_request_body;
@@ -106,7 +113,7 @@ async fn forward_inner(
         None
     };
     // Upgrades (WebSocket) go over HTTP/1.1 whatever the deployment speaks.
-    let h2 = config.upstream == UpstreamProtocol::H2c && !upgrade;
+    let h2 = speaks_h2 && !upgrade;
     // gRPC needs `TE: trailers` end to end; HTTP/2 allows TE with exactly that value.
     let te_trailers = h2 && asks_for_trailers(&parts.headers);
     prepare_upstream(&mut parts.headers, client, upgrade);
@@ -146,17 +153,16 @@ async fn forward_inner(
 
     // HTTP/1.1 lends a connection that goes back to the pool when the body ends; HTTP/2
     // shares one connection and needs nothing given back.
-    let exchange = async {
-        if h2 {
-            pool.send_h2(upstream)
-                .await
-                .map(|response| (response, None))
-        } else {
-            let (response, sender) = pool.send(upstream).await?;
-            Ok((response, Some(sender)))
-        }
+    let timeout = shared.settings.response_header_timeout;
+    let sent = if h2 {
+        tokio::time::timeout(timeout, pool.send_h2(upstream))
+            .await
+            .map(|sent| sent.map(|response| (response, None)))
+    } else {
+        tokio::time::timeout(timeout, pool.send(upstream))
+            .await
+            .map(|sent| sent.map(|(response, sender)| (response, Some(sender))))
     };
-    let sent = tokio::time::timeout(shared.settings.response_header_timeout, exchange).await;
     let (mut response, sender) = match sent {
         Err(_) => {
             return Err(GatewayError::with_detail(
