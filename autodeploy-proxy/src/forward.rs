@@ -118,7 +118,6 @@ async fn forward_inner(
     let te_trailers = h2 && asks_for_trailers(&parts.headers);
     prepare_upstream(&mut parts.headers, client, upgrade);
     let pool = shared.upstream.pool(lease.endpoint());
-    let bad_target = |e: http::Error| GatewayError::with_detail(ErrorCode::BadRequest, e);
     if h2 {
         // HTTP/2 carries the instance's address as `:authority`, from an absolute URI.
         parts.uri = Uri::builder()
@@ -130,7 +129,7 @@ async fn forward_inner(
                 path_and_query
             })
             .build()
-            .map_err(bad_target)?;
+            .map_err(|e| GatewayError::with_detail(ErrorCode::BadRequest, e))?;
         parts.version = Version::HTTP_2;
         if te_trailers {
             parts
