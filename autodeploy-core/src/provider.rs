@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::config::{DeployConfig, GpuSpec, ReadinessProbe};
+use crate::config::{DeployConfig, GpuSpec, ReadinessProbe, UpstreamProtocol};
 use crate::error::{ErrorCode, GatewayError};
 use crate::instance_id::InstanceId;
 
@@ -45,6 +45,8 @@ pub struct InstanceSpec {
     pub readiness: ReadinessProbe,
     /// How long the instance may take to become ready.
     pub start_timeout: Duration,
+    /// The HTTP version the instance speaks; an HTTP readiness probe speaks it too.
+    pub protocol: UpstreamProtocol,
 }
 
 impl InstanceSpec {
@@ -65,6 +67,7 @@ impl InstanceSpec {
             labels,
             readiness: config.readiness.clone(),
             start_timeout: config.start_timeout,
+            protocol: config.upstream,
         }
     }
 }

@@ -87,6 +87,7 @@ use tokio::time::{Instant, sleep, timeout_at};
 use autodeploy_core::provider::LABEL_DEPLOYMENT;
 use autodeploy_core::{
     Endpoint, ExitReport, GpuProvider, InstanceId, InstanceSpec, ProvidedInstance, ProviderError,
+    UpstreamProtocol,
 };
 
 pub use config::{LocalConfig, LocalConfigError};
@@ -219,7 +220,8 @@ impl Local {
                 .map_err(|e| ProviderError::Backend(format!("no free port on {host}: {e}")))?
         };
         let addr = SocketAddr::new(host, port);
-        let probe = Probe::new(addr, spec.readiness.path.as_deref()).map_err(|reason| {
+        let h2 = spec.protocol == UpstreamProtocol::H2c;
+        let probe = Probe::new(addr, spec.readiness.path.as_deref(), h2).map_err(|reason| {
             ProviderError::StartFailed {
                 reason,
                 last_log: Vec::new(),
@@ -271,6 +273,7 @@ impl Local {
                 port,
                 gpus: gpus.ids().to_vec(),
                 readiness_path: spec.readiness.path.clone(),
+                readiness_h2: h2,
                 started_at_unix_ms: unix_ms(),
             };
             if let Err(err) = state.write(&record) {
@@ -353,8 +356,8 @@ impl Local {
                 self.config.host
             });
             let addr = SocketAddr::new(host, record.port);
-            let probe = Probe::new(addr, record.readiness_path.as_deref())
-                .or_else(|_| Probe::new(addr, None))
+            let probe = Probe::new(addr, record.readiness_path.as_deref(), record.readiness_h2)
+                .or_else(|_| Probe::new(addr, None, false))
                 .map_err(ProviderError::Backend)?;
             let gpus = self.pool.claim(&record.gpus);
             let instance = Instance::new(InstanceParts {

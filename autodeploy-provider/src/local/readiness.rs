@@ -2,7 +2,8 @@
 //! answer something other than a 5xx?
 //!
 //! The probe speaks just enough HTTP/1.1 itself (one `GET`, read the status line) to stay
-//! cheap: it runs every few milliseconds while an instance boots. Any status below 500 counts
+//! cheap: it runs every few milliseconds while an instance boots. For an instance that speaks
+//! only HTTP/2 (an `h2c` deployment) it sends the `GET` over an HTTP/2 connection instead. Any status below 500 counts
 //! as ready, 404 included: the service is up and answering, which is what routing needs; a
 //! path that must answer 200 is the service's contract, not the gateway's.
 //!
@@ -54,12 +55,15 @@ impl Outcome {
 pub(crate) struct Probe {
     addr: SocketAddr,
     path: Option<String>,
+    /// The path is requested over HTTP/2 (prior knowledge) rather than HTTP/1.1.
+    h2: bool,
 }
 
 impl Probe {
-    /// A probe of `addr`, with the HTTP path if one is configured. A path without a leading
-    /// `/` gets one; a path with whitespace or control characters is refused.
-    pub(crate) fn new(addr: SocketAddr, path: Option<&str>) -> Result<Self, String> {
+    /// A probe of `addr`, with the HTTP path if one is configured, asked over HTTP/2 when
+    /// `h2`. A path without a leading `/` gets one; a path with whitespace or control
+    /// characters is refused.
+    pub(crate) fn new(addr: SocketAddr, path: Option<&str>, h2: bool) -> Result<Self, String> {
         let path = match path {
             None => None,
             Some(p) if p.chars().any(|c| c.is_whitespace() || c.is_control()) => {
@@ -70,7 +74,7 @@ impl Probe {
             Some(p) if p.starts_with('/') => Some(p.to_owned()),
             Some(p) => Some(format!("/{p}")),
         };
-        Ok(Self { addr, path })
+        Ok(Self { addr, path, h2 })
     }
 
     /// Probes once, bounded by [`PROBE_TIMEOUT`].
@@ -90,6 +94,13 @@ impl Probe {
             return Outcome::Ready;
         };
         let _ = stream.set_nodelay(true);
+        if self.h2 {
+            return match h2_status(stream, self.addr, path).await {
+                Ok(status) if status < 500 => Outcome::Ready,
+                Ok(status) => Outcome::NotReady(format!("status {status}")),
+                Err(err) => Outcome::NotReady(err),
+            };
+        }
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: autodeploy-readiness\r\n\
              Accept: */*\r\nConnection: close\r\n\r\n",
@@ -110,10 +121,33 @@ impl fmt::Display for Probe {
     /// What is tried, as the timeout error says it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.path {
+            Some(path) if self.h2 => write!(f, "GET http://{}{path} over HTTP/2", self.addr),
             Some(path) => write!(f, "GET http://{}{path}", self.addr),
             None => write!(f, "TCP connect to {}", self.addr),
         }
     }
+}
+
+/// The status of `GET path` over a new HTTP/2 connection on `stream`.
+async fn h2_status(stream: TcpStream, addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{addr}{path}"))
+        .header(http::header::USER_AGENT, "autodeploy-readiness")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let status = sender
+        .send_request(request)
+        .await
+        .map(|response| response.status().as_u16())
+        .map_err(|e| e.to_string());
+    driver.abort();
+    status
 }
 
 async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
@@ -210,13 +244,66 @@ mod tests {
     #[test]
     fn paths_are_checked_and_described() {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let probe = Probe::new(addr, Some("health")).unwrap();
+        let probe = Probe::new(addr, Some("health"), false).unwrap();
         assert_eq!(probe.to_string(), "GET http://127.0.0.1:9/health");
         assert_eq!(
-            Probe::new(addr, None).unwrap().to_string(),
+            Probe::new(addr, Some("/health"), true).unwrap().to_string(),
+            "GET http://127.0.0.1:9/health over HTTP/2"
+        );
+        assert_eq!(
+            Probe::new(addr, None, false).unwrap().to_string(),
             "TCP connect to 127.0.0.1:9"
         );
-        assert!(Probe::new(addr, Some("/a b")).is_err());
+        assert!(Probe::new(addr, Some("/a b"), false).is_err());
+    }
+
+    /// Serves `status` on every path, over HTTP/2 only or HTTP/1.1 only.
+    async fn server(h2: bool, status: u16) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    let mut response =
+                        http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                tokio::spawn(async move {
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(io, service)
+                        .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn each_protocol_is_probed_in_its_own_http() {
+        let h2 = server(true, 204).await;
+        let h1 = server(false, 204).await;
+        let failing_h2 = server(true, 503).await;
+        let ready =
+            |addr, h2| async move { Probe::new(addr, Some("/health"), h2).unwrap().check().await };
+        assert_eq!(ready(h2, true).await, Outcome::Ready);
+        assert_eq!(ready(h1, false).await, Outcome::Ready);
+        assert_eq!(
+            ready(failing_h2, true).await,
+            Outcome::NotReady("status 503".into())
+        );
+        // The other protocol gets no status from either: never ready, never a panic.
+        assert!(matches!(ready(h2, false).await, Outcome::NotReady(_)));
+        assert!(matches!(ready(h1, true).await, Outcome::NotReady(_)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,6 +39,10 @@ pub(crate) struct Record {
     /// The readiness path of its deployment, if any.
     #[serde(default)]
     pub(crate) readiness_path: Option<String>,
+    /// Whether that path is probed over HTTP/2 (an `h2c` deployment); absent in records
+    /// written before it existed, which were all HTTP/1.1.
+    #[serde(default)]
+    pub(crate) readiness_h2: bool,
     /// Wall-clock creation time, milliseconds since the Unix epoch.
     pub(crate) started_at_unix_ms: u64,
 }
@@ -133,6 +137,7 @@ mod tests {
             port: 8080,
             gpus: vec!["1".into()],
             readiness_path: Some("/health".into()),
+            readiness_h2: false,
             started_at_unix_ms: 1,
         }
     }
