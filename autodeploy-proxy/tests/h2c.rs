@@ -87,11 +87,17 @@ async fn h2_backend() -> Backend {
 }
 
 async fn h2c_gateway() -> (TestGateway, Backend) {
+    h2c_gateway_listening(None).await
+}
+
+/// The gateway, its `grpc` deployment on its own `listen` address if given.
+async fn h2c_gateway_listening(listen: Option<std::net::SocketAddr>) -> (TestGateway, Backend) {
     let backend = h2_backend().await;
     let addr = backend.addr;
     let mut config = DeployConfig::new("grpc", "fixed", Duration::from_secs(60), 1);
     config.provider = "fixed".into();
     config.upstream = UpstreamProtocol::H2c;
+    config.listen = listen;
     let gw = TestGateway::with_providers(
         GatewaySettings::default(),
         sim(Duration::ZERO),
@@ -105,19 +111,33 @@ async fn h2c_gateway() -> (TestGateway, Backend) {
     (gw, backend)
 }
 
+/// The link of the `grpc` deployment's inference method.
+fn infer(base: &str) -> String {
+    format!("{base}/d/grpc/inference.GRPCInferenceService/ModelInfer")
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `addr`.
+async fn h2_client(addr: &str) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
 /// One gRPC-shaped call over HTTP/2: the response head, the JSON report, the trailers.
 async fn grpc_call(
     mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    base: String,
+    url: String,
 ) -> (http::response::Parts, Value, Option<HeaderMap>) {
-    let req = Request::post(format!(
-        "{base}/d/grpc/inference.GRPCInferenceService/ModelInfer"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("authorization", "Bearer sk-template")
-    .body(Full::new(Bytes::from_static(b"\0\0\0\0\x05hello")))
-    .unwrap();
+    let req = Request::post(url)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", "Bearer sk-template")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x05hello")))
+        .unwrap();
     let response = sender.send_request(req).await.unwrap();
     let (parts, mut body) = response.into_parts();
     let mut data = Vec::new();
@@ -139,15 +159,8 @@ async fn grpc_shaped_requests_reach_an_h2c_instance_with_trailers_both_ways() {
     let accepted = backend.accepted.clone();
     let backend = backend.addr;
     // An HTTP/2 client (prior knowledge), as a gRPC client is.
-    let stream = tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let (parts, report, trailers) = grpc_call(sender.clone(), gw.base.clone()).await;
+    let sender = h2_client(gw.base.trim_start_matches("http://")).await;
+    let (parts, report, trailers) = grpc_call(sender.clone(), infer(&gw.base)).await;
     assert_eq!(parts.status, 200);
     assert_eq!(parts.headers["content-type"], "application/grpc");
     assert!(parts.headers.contains_key("deploy-route-target"));
@@ -169,7 +182,7 @@ async fn grpc_shaped_requests_reach_an_h2c_instance_with_trailers_both_ways() {
 
     // Many calls at once share one upstream connection.
     let calls: Vec<_> = (0..20)
-        .map(|_| tokio::spawn(grpc_call(sender.clone(), gw.base.clone())))
+        .map(|_| tokio::spawn(grpc_call(sender.clone(), infer(&gw.base))))
         .collect();
     for c in calls {
         let (parts, _, trailers) = c.await.unwrap();
@@ -220,6 +233,29 @@ async fn an_h2c_instance_that_drops_its_connection_gets_a_new_one() {
         accepted.load(Ordering::SeqCst),
         2,
         "a second connection was opened"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_grpc_client_calls_through_the_deployments_own_listener_with_paths_unchanged() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let (gw, backend) = h2c_gateway_listening(Some(listen.parse().unwrap())).await;
+    let sender = h2_client(&listen).await;
+    let url = format!("http://{listen}/inference.GRPCInferenceService/ModelInfer");
+    let (parts, report, trailers) = grpc_call(sender, url).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+    assert_eq!(
+        report["uri"],
+        format!(
+            "http://{}/inference.GRPCInferenceService/ModelInfer",
+            backend.addr
+        )
     );
     gw.stop().await;
 }
