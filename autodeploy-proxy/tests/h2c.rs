@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use autodeploy_core::{DeployConfig, GpuProvider, UpstreamProtocol};
+use autodeploy_core::UpstreamProtocol;
 use autodeploy_proxy::GatewaySettings;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use support::{TestGateway, client, sim};
+use support::{TestGateway, client, fixed_deployment};
 
 /// An HTTP/2 backend: its address, the connections it accepted, their tasks.
 struct Backend {
@@ -94,20 +94,10 @@ async fn h2c_gateway() -> (TestGateway, Backend) {
 async fn h2c_gateway_listening(listen: Option<std::net::SocketAddr>) -> (TestGateway, Backend) {
     let backend = h2_backend().await;
     let addr = backend.addr;
-    let mut config = DeployConfig::new("grpc", "fixed", Duration::from_secs(60), 1);
-    config.provider = "fixed".into();
+    let mut config = fixed_deployment("grpc");
     config.upstream = UpstreamProtocol::H2c;
     config.listen = listen;
-    let gw = TestGateway::with_providers(
-        GatewaySettings::default(),
-        sim(Duration::ZERO),
-        vec![(
-            "fixed",
-            Arc::new(support::recording::Fixed(addr)) as Arc<dyn GpuProvider>,
-        )],
-        vec![config],
-    )
-    .await;
+    let gw = TestGateway::fixed(GatewaySettings::default(), addr, config).await;
     (gw, backend)
 }
 

@@ -14,7 +14,7 @@ use autodeploy_core::{DeployConfig, DeploymentStatus, GpuProvider};
 use autodeploy_proxy::GatewaySettings;
 use serde_json::Value;
 use support::recording::Recording;
-use support::{TestGateway, client, deployment, eventually, sim};
+use support::{TestGateway, client, deployment, eventually, fixed_deployment, sim};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -297,16 +297,7 @@ async fn the_upstream_client_never_retries_a_request_the_instance_received() {
             });
         }
     });
-    let fixed = Arc::new(support::recording::Fixed(addr));
-    let mut config = DeployConfig::new("f", "fixed", Duration::from_secs(60), 1);
-    config.provider = "fixed".into();
-    let gw = TestGateway::with_providers(
-        GatewaySettings::default(),
-        sim(Duration::ZERO),
-        vec![("fixed", fixed as Arc<dyn GpuProvider>)],
-        vec![config],
-    )
-    .await;
+    let gw = TestGateway::fixed(GatewaySettings::default(), addr, fixed_deployment("f")).await;
     for i in 1..=5 {
         let resp = client()
             .post(gw.url("/d/f/pay"))
@@ -359,18 +350,7 @@ async fn raw_backend_gateway(
             });
         }
     });
-    let mut config = DeployConfig::new("f", "fixed", Duration::from_secs(60), 1);
-    config.provider = "fixed".into();
-    let gw = TestGateway::with_providers(
-        GatewaySettings::default(),
-        sim(Duration::ZERO),
-        vec![(
-            "fixed",
-            Arc::new(support::recording::Fixed(addr)) as Arc<dyn GpuProvider>,
-        )],
-        vec![config],
-    )
-    .await;
+    let gw = TestGateway::fixed(GatewaySettings::default(), addr, fixed_deployment("f")).await;
     (gw, seen)
 }
 

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use autodeploy_core::{DeployConfig, GpuProvider};
 use autodeploy_proxy::GatewaySettings;
 use parking_lot::Mutex;
-use support::{TestGateway, client, eventually, sim};
+use support::{TestGateway, client, eventually, fixed_deployment};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How the backend treats a connection after each answer.
@@ -87,18 +86,7 @@ async fn backend_gateway_with(
             });
         }
     });
-    let mut config = DeployConfig::new("f", "fixed", Duration::from_secs(60), 1);
-    config.provider = "fixed".into();
-    let gw = TestGateway::with_providers(
-        settings,
-        sim(Duration::ZERO),
-        vec![(
-            "fixed",
-            Arc::new(support::recording::Fixed(addr)) as Arc<dyn GpuProvider>,
-        )],
-        vec![config],
-    )
-    .await;
+    let gw = TestGateway::fixed(settings, addr, fixed_deployment("f")).await;
     (gw, backend)
 }
 

@@ -32,6 +32,13 @@ pub fn deployment(id: &str, max_instances: u32, idle_retention: Duration) -> Dep
     config
 }
 
+/// A deployment `id` on the `fixed` provider of [`TestGateway::fixed`].
+pub fn fixed_deployment(id: &str) -> DeployConfig {
+    let mut config = DeployConfig::new(id, "fixed", Duration::from_secs(60), 1);
+    config.provider = "fixed".into();
+    config
+}
+
 pub fn sim(boot: Duration) -> Arc<Simulated> {
     Arc::new(Simulated::new(SimulatedConfig::default().boot_time(boot).seed(7)).expect("sim"))
 }
@@ -76,6 +83,23 @@ impl TestGateway {
             sim,
             serving,
         }
+    }
+
+    /// A gateway serving `config` (see [`fixed_deployment`]) from a backend the test runs
+    /// itself at `addr`: provider `fixed` gives every instance that address.
+    pub async fn fixed(
+        settings: GatewaySettings,
+        addr: std::net::SocketAddr,
+        config: DeployConfig,
+    ) -> Self {
+        let fixed = Arc::new(recording::Fixed(addr)) as Arc<dyn GpuProvider>;
+        Self::with_providers(
+            settings,
+            sim(Duration::ZERO),
+            vec![("fixed", fixed)],
+            vec![config],
+        )
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {
