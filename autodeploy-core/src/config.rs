@@ -40,7 +40,10 @@ pub struct DeployConfig {
     /// local-process provider chooses a free port instead and passes it as `$PORT`/`{port}`.
     #[serde(default = "default_port")]
     pub port: u16,
-    /// The command that starts the service, run by `sh -c`.
+    /// The command that starts the service, run by `sh -c`. Whether it is required is the
+    /// provider's rule: the local provider needs one; a container provider runs the image's
+    /// own command when it is empty.
+    #[serde(default)]
     pub start_command: String,
     /// The working directory of the start command, where the provider has one.
     #[serde(default)]
@@ -304,9 +307,6 @@ impl DeployConfig {
         if self.port == 0 {
             fail("port", "must be 1 to 65535".to_owned());
         }
-        if self.start_command.trim().is_empty() {
-            fail("start_command", "must not be empty".to_owned());
-        }
         for key in self.env.keys() {
             if key.is_empty() || key.contains(['=', '\0']) {
                 fail(
@@ -463,7 +463,6 @@ mod tests {
             [
                 "id",
                 "port",
-                "start_command",
                 "idle_retention",
                 "max_instances",
                 "min_instances",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::config::{DeployConfig, GpuSpec, ReadinessProbe, UpstreamProtocol};
+use crate::config::{DeployConfig, FieldError, GpuSpec, ReadinessProbe, UpstreamProtocol};
 use crate::error::{ErrorCode, GatewayError};
 use crate::instance_id::InstanceId;
 
@@ -206,6 +206,22 @@ pub trait GpuProvider: Send + Sync + fmt::Debug {
     /// The instances this provider holds for `deployment`, including ones created by an
     /// earlier run of the gateway (for reconciliation after a restart).
     async fn list(&self, deployment: &str) -> Result<Vec<ProvidedInstance>, ProviderError>;
+
+    /// Every instance this provider holds that carries its owner label, whatever the
+    /// deployment (each with its [`LABEL_DEPLOYMENT`] label), including ones an earlier run
+    /// left. A starting gateway releases those of deployments it no longer has. The default
+    /// reports none, for providers whose instances cannot outlive the provider.
+    async fn list_owned(&self) -> Result<Vec<ProvidedInstance>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// What this provider requires of a deployment beyond core's checks (an image, a start
+    /// command, a GPU kind), each problem naming its field (`image`, `docker.shm_size`).
+    /// Called before a deployment is added or replaced; the default accepts everything.
+    fn validate_deployment(&self, config: &DeployConfig) -> Vec<FieldError> {
+        let _ = config;
+        Vec::new()
+    }
 
     /// Resolves when the instance stops without being released (crash, exit, kill), with the
     /// reason. Never resolves for an instance that keeps running; resolves at once for an

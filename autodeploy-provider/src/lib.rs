@@ -9,9 +9,36 @@
 //! - [`Simulated`]: for tests, benchmarks and capacity planning. An instance is a real
 //!   in-process HTTP server on a loopback port that reports its id, with configurable boot
 //!   time, failures and crashes, deterministic under a seed and tokio's paused clock.
+//!
+//! # The registry: providers by name
+//!
+//! [`ProvidersConfig`] is the gateway's `[providers]` table, one optional sub-table per
+//! provider, and [`ProvidersConfig::tables`] is the one list that names them. Through it the
+//! gateway validates the tables and each deployment ([`ProvidersConfig::validate_deployment`]:
+//! an unknown `provider`, or what that provider requires), and builds every provider as an
+//! `Arc<dyn GpuProvider>` keyed by name ([`ProvidersConfig::build`]). Reconciliation at start
+//! goes through the trait too ([`GpuProvider::list_owned`](autodeploy_core::GpuProvider::list_owned)),
+//! so the gateway never names a provider type.
+//!
+//! ```
+//! use autodeploy_provider::{BuildContext, ProvidersConfig};
+//!
+//! let config: ProvidersConfig = toml::from_str("[simulated]\nboot_time = \"1s\"\n").unwrap();
+//! assert!(config.validate().is_empty());
+//! let providers = config.build(&BuildContext::default()).unwrap();
+//! assert!(providers.contains_key("local") && providers.contains_key("simulated"));
+//! ```
+//!
+//! Adding a provider: a module holding the provider and its config table, the table
+//! implementing [`ProviderTable`] (validate the table, validate a deployment, build), a
+//! `#[serde(default)]` field in [`ProvidersConfig`], and one line in
+//! [`ProvidersConfig::tables`]. Its [`GpuProvider::validate_deployment`](autodeploy_core::GpuProvider::validate_deployment)
+//! should call the same check as its table's, so the API and `autodeploy check` agree.
 
 pub mod local;
+pub mod registry;
 pub mod simulated;
 
 pub use local::{Local, LocalConfig, LocalConfigError};
+pub use registry::{BuildContext, ProviderTable, Providers, ProvidersConfig, RegistryError};
 pub use simulated::{Simulated, SimulatedConfig, SimulatedConfigError};

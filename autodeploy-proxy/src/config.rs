@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use autodeploy_core::{DeployConfig, FieldError, ValidationErrors};
-use autodeploy_provider::{LocalConfig, SimulatedConfig};
+pub use autodeploy_provider::ProvidersConfig;
 use serde::Deserialize;
 
 /// The whole configuration file.
@@ -128,21 +128,6 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-/// The `[providers]` table: one sub-table per provider kind.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvidersConfig {
-    /// `[providers.local]`: the local-process provider.
-    #[serde(default)]
-    pub local: LocalConfig,
-    /// `[providers.simulated]`: the simulated provider.
-    #[serde(default)]
-    pub simulated: SimulatedConfig,
-}
-
-/// The provider names a deployment may use.
-pub const PROVIDERS: [&str; 2] = ["local", "simulated"];
-
 /// Why a configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -203,7 +188,7 @@ impl GatewayConfig {
         let mut listens = HashSet::from([self.gateway.listen]);
         for (i, deployment) in self.deployments.iter().enumerate() {
             let prefix = format!("deployment[{i}]");
-            if let Err(e) = validate_deployment(deployment) {
+            if let Err(e) = validate_deployment(&self.providers, deployment) {
                 errors.extend(e.prefixed(&prefix).0);
             }
             if !ids.insert(deployment.id.as_str()) {
@@ -232,18 +217,7 @@ impl GatewayConfig {
                 message: "must not be empty (leave it out to disable)".into(),
             });
         }
-        if let Err(e) = self.providers.local.validate() {
-            errors.push(FieldError {
-                field: "providers.local".into(),
-                message: e.to_string(),
-            });
-        }
-        if let Err(e) = self.providers.simulated.validate() {
-            errors.push(FieldError {
-                field: format!("providers.simulated.{}", e.field),
-                message: e.problem,
-            });
-        }
+        errors.extend(self.providers.validate());
         if self.gateway.header_read_timeout.is_zero() {
             errors.push(FieldError {
                 field: "gateway.header_read_timeout".into(),
@@ -277,19 +251,14 @@ impl GatewayConfig {
     }
 }
 
-/// Validates one deployment as the gateway runs it: core's checks plus a known provider.
-pub fn validate_deployment(config: &DeployConfig) -> Result<(), ValidationErrors> {
+/// Validates one deployment as the gateway runs it: core's checks, then a registered
+/// provider's own ([`ProvidersConfig::validate_deployment`]).
+pub fn validate_deployment(
+    providers: &ProvidersConfig,
+    config: &DeployConfig,
+) -> Result<(), ValidationErrors> {
     let mut errors = config.validate().err().map(|e| e.0).unwrap_or_default();
-    if !config.provider.trim().is_empty() && !PROVIDERS.contains(&config.provider.as_str()) {
-        errors.push(FieldError {
-            field: "provider".into(),
-            message: format!(
-                "unknown provider {:?}; expected one of {}",
-                config.provider,
-                PROVIDERS.join(", ")
-            ),
-        });
-    }
+    errors.extend(providers.validate_deployment(config));
     if errors.is_empty() {
         Ok(())
     } else {

@@ -15,7 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use autodeploy_core::{
-    Controller, DeployConfig, ErrorCode, GatewayError, GpuProvider, RouteView, Target,
+    Controller, DeployConfig, ErrorCode, FieldError, GatewayError, GpuProvider, RouteView, Target,
+    ValidationErrors,
 };
 use autodeploy_routing::{RoundRobin, RouteRule};
 use axum::body::Body;
@@ -238,23 +239,19 @@ impl Gateway {
     /// Builds a gateway from a validated configuration file, with the providers it names.
     pub async fn from_config(config: GatewayConfig) -> Result<Self, BuildError> {
         let mut builder = Self::builder().settings(config.gateway.clone());
-        let state_dir = config.gateway.state_dir.clone();
-        let mut local = config.providers.local.clone();
-        if local.state_dir.is_none() {
-            local.state_dir = state_dir;
-        }
-        let local = autodeploy_provider::Local::new(local).map_err(|e| BuildError::Provider {
-            name: "local".into(),
-            message: e.to_string(),
-        })?;
-        let local = Arc::new(local);
-        builder = builder.provider("local", local.clone());
-        let simulated = autodeploy_provider::Simulated::new(config.providers.simulated.clone())
+        let context = autodeploy_provider::BuildContext {
+            state_dir: config.gateway.state_dir.clone(),
+        };
+        let providers = config
+            .providers
+            .build(&context)
             .map_err(|e| BuildError::Provider {
-                name: "simulated".into(),
-                message: e.to_string(),
+                name: e.name,
+                message: e.message,
             })?;
-        builder = builder.provider("simulated", Arc::new(simulated));
+        for (name, provider) in providers {
+            builder = builder.provider(name, provider);
+        }
         if let Some(dir) = &config.gateway.state_dir {
             builder = builder.api_store(dir.join("deployments.json"));
         }
@@ -267,7 +264,7 @@ impl Gateway {
             .iter()
             .map(|c| c.config().id.clone())
             .collect();
-        release_unconfigured(&local, &configured).await;
+        gateway.release_unconfigured(&configured).await;
         Ok(gateway)
     }
 
@@ -306,23 +303,8 @@ impl Gateway {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(GatewayError::new(ErrorCode::ShuttingDown).into());
         }
-        // Core's checks only: the provider may be any registered with the builder, which the
-        // lookup below checks (the config file's fixed list would refuse embedders' own).
-        config
-            .validate()
-            .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
+        let provider = self.validate(&config)?;
         self.warn_if_keys_are_readable(&config);
-        let provider = self
-            .shared
-            .providers
-            .get(&config.provider)
-            .cloned()
-            .ok_or_else(|| {
-                GatewayError::with_detail(
-                    ErrorCode::InvalidConfig,
-                    format!("provider: {:?} is not configured", config.provider),
-                )
-            })?;
         let _adding = self.shared.adding.lock().await;
         if self.deployment(&config.id).is_some() {
             return Err(GatewayError::with_detail(ErrorCode::DeploymentExists, &config.id).into());
@@ -426,6 +408,62 @@ impl Gateway {
             .is_none_or(|store| store.is_file_owned(id))
     }
 
+    /// Checks a deployment (core's checks, then its provider's own) and returns its provider;
+    /// every problem names its field (1003). The provider may be any registered with the
+    /// builder, embedders' own included.
+    fn validate(&self, config: &DeployConfig) -> Result<Arc<dyn GpuProvider>, GatewayError> {
+        let mut errors = config.validate().err().map(|e| e.0).unwrap_or_default();
+        let provider = self.shared.providers.get(&config.provider).cloned();
+        match &provider {
+            Some(provider) => errors.extend(provider.validate_deployment(config)),
+            None => errors.push(FieldError {
+                field: "provider".into(),
+                message: format!("{:?} is not configured", config.provider),
+            }),
+        }
+        match provider {
+            Some(provider) if errors.is_empty() => Ok(provider),
+            _ => Err(GatewayError::with_detail(
+                ErrorCode::InvalidConfig,
+                ValidationErrors(errors),
+            )),
+        }
+    }
+
+    /// Releases what every provider holds under our owner label for deployments this gateway
+    /// does not have (removed from the file, or created through the API without a store):
+    /// each configured deployment's own leftovers are released when it is added.
+    async fn release_unconfigured(&self, configured: &[String]) {
+        let mut releases = tokio::task::JoinSet::new();
+        for (name, provider) in &self.shared.providers {
+            let held = match provider.list_owned().await {
+                Ok(held) => held,
+                Err(err) => {
+                    tracing::error!(provider = name, %err, "cannot list the provider's instances");
+                    continue;
+                }
+            };
+            for instance in held {
+                let deployment = instance
+                    .labels
+                    .get(autodeploy_core::provider::LABEL_DEPLOYMENT)
+                    .cloned()
+                    .unwrap_or_default();
+                if configured.contains(&deployment) {
+                    continue;
+                }
+                tracing::warn!(provider = name, deployment, instance = %instance.id, "releasing an instance of a deployment that is no longer configured");
+                let provider = provider.clone();
+                releases.spawn(async move {
+                    if let Err(err) = provider.release(instance.id).await {
+                        tracing::error!(instance = %instance.id, %err, "release failed");
+                    }
+                });
+            }
+        }
+        while releases.join_next().await.is_some() {}
+    }
+
     /// Warns when a deployment has access keys but the management API, which shows them, has
     /// no token: anyone who reaches the gateway could read the keys there.
     fn warn_if_keys_are_readable(&self, config: &DeployConfig) {
@@ -441,9 +479,7 @@ impl Gateway {
     /// Replaces a deployment's configuration (validated; the id, provider and listen address
     /// cannot change).
     pub fn update_deployment(&self, config: DeployConfig) -> Result<(), GatewayError> {
-        config
-            .validate()
-            .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
+        self.validate(&config)?;
         self.warn_if_keys_are_readable(&config);
         let deployment = self
             .deployment(&config.id)
@@ -591,38 +627,6 @@ fn scale_out_limiter(limit: RateLimit) -> Option<DefaultKeyedRateLimiter<IpAddr>
     let burst = NonZeroU32::new(limit.burst)?;
     let quota = Quota::with_period(limit.per / limit.burst)?.allow_burst(burst);
     Some(RateLimiter::keyed(quota))
-}
-
-/// Releases local instances an earlier run left for deployments that are no longer
-/// configured (removed from the file, or created through the API, which is not persisted):
-/// each deployment's own leftovers are released when it is added.
-async fn release_unconfigured(local: &Arc<autodeploy_provider::Local>, configured: &[String]) {
-    let held = match local.list_all().await {
-        Ok(held) => held,
-        Err(err) => {
-            tracing::error!(%err, "cannot list the local provider's instances");
-            return;
-        }
-    };
-    let mut releases = tokio::task::JoinSet::new();
-    for instance in held {
-        let deployment = instance
-            .labels
-            .get(autodeploy_core::provider::LABEL_DEPLOYMENT)
-            .cloned()
-            .unwrap_or_default();
-        if configured.contains(&deployment) {
-            continue;
-        }
-        tracing::warn!(deployment, instance = %instance.id, "releasing an instance of a deployment that is no longer configured");
-        let local = local.clone();
-        releases.spawn(async move {
-            if let Err(err) = local.release(instance.id).await {
-                tracing::error!(instance = %instance.id, %err, "release failed");
-            }
-        });
-    }
-    while releases.join_next().await.is_some() {}
 }
 
 /// A gateway serving in a background task ([`Gateway::spawn`]). Dropping the handle starts

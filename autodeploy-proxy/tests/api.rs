@@ -2,8 +2,11 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use autodeploy_core::GpuProvider;
+use autodeploy_provider::{Local, LocalConfig};
 use autodeploy_proxy::GatewaySettings;
 use serde_json::{Value, json};
 use support::{TestGateway, client, deployment, eventually, sim};
@@ -345,5 +348,52 @@ async fn an_id_being_deleted_cannot_be_created_until_its_requests_finish() {
     )
     .await;
     assert_eq!(status, 201);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_providers_own_requirements_are_422_with_their_field_names() {
+    let local = Arc::new(Local::new(LocalConfig::default()).unwrap()) as Arc<dyn GpuProvider>;
+    let gw = TestGateway::with_providers(
+        GatewaySettings::default(),
+        sim(Duration::ZERO),
+        vec![("local", local)],
+        Vec::new(),
+    )
+    .await;
+    // The local provider runs a command, so it requires one; the simulated one does not.
+    let mut body = new_deployment("cmd");
+    body["provider"] = json!("local");
+    body["start_command"] = json!(" ");
+    body["max_instances"] = json!(0);
+    let (status, answer) = call(&gw, "POST", "/api/v1/deployments", None, Some(body)).await;
+    assert_eq!((status, answer["code"].clone()), (422, json!(1003)));
+    let msg = answer["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("max_instances:") && msg.contains("start_command: must not be empty"),
+        "{msg}"
+    );
+    let mut body = new_deployment("cmd");
+    body["provider"] = json!("nowhere");
+    let (status, answer) = call(&gw, "POST", "/api/v1/deployments", None, Some(body)).await;
+    assert_eq!((status, answer["code"].clone()), (422, json!(1003)));
+    assert!(
+        answer["msg"].as_str().unwrap().contains("provider:"),
+        "{answer}"
+    );
+
+    let mut body = new_deployment("sim");
+    body.as_object_mut().unwrap().remove("start_command");
+    let (status, answer) = call(&gw, "POST", "/api/v1/deployments", None, Some(body)).await;
+    assert_eq!(status, 201, "{answer}");
+    let mut update = new_deployment("sim");
+    update["provider"] = json!("local");
+    update["start_command"] = json!("");
+    let (status, answer) = call(&gw, "PUT", "/api/v1/deployments/sim", None, Some(update)).await;
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (422, json!(1003)),
+        "{answer}"
+    );
     gw.stop().await;
 }

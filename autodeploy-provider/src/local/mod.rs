@@ -86,8 +86,8 @@ use tokio::time::{Instant, sleep, timeout_at};
 
 use autodeploy_core::provider::LABEL_DEPLOYMENT;
 use autodeploy_core::{
-    Endpoint, ExitReport, GpuProvider, InstanceId, InstanceSpec, ProvidedInstance, ProviderError,
-    UpstreamProtocol,
+    Endpoint, ExitReport, FieldError, GpuProvider, InstanceId, InstanceSpec, ProvidedInstance,
+    ProviderError, UpstreamProtocol,
 };
 
 pub use config::{LocalConfig, LocalConfigError};
@@ -482,6 +482,14 @@ impl GpuProvider for Local {
     async fn list(&self, deployment: &str) -> Result<Vec<ProvidedInstance>, ProviderError> {
         self.adopt_survivors().await?;
         Ok(self.provided(|i| i.deployment == deployment))
+    }
+
+    async fn list_owned(&self) -> Result<Vec<ProvidedInstance>, ProviderError> {
+        self.list_all().await
+    }
+
+    fn validate_deployment(&self, config: &autodeploy_core::DeployConfig) -> Vec<FieldError> {
+        crate::registry::require_start_command(config)
     }
 
     async fn wait_exit(&self, id: InstanceId) -> ExitReport {
