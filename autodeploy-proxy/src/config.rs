@@ -128,6 +128,29 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+/// The placeholder in a `start_command` that stands for the configuration file's folder.
+pub const CONFIG_DIR_PLACEHOLDER: &str = "{config_dir}";
+
+/// The folder of the configuration file at `path`, absolute when it can be resolved.
+fn config_dir(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+/// `text` as one `sh` word: unchanged when it holds only characters the shell leaves alone,
+/// else in single quotes (a `'` inside written `'\''`).
+fn shell_quote(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
 /// Why a configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -172,7 +195,32 @@ impl GatewayConfig {
             path: path.to_owned(),
             errors,
         })?;
+        let mut config = config;
+        config.resolve_paths(&config_dir(path));
         Ok(config)
+    }
+
+    /// Makes the file's relative paths relative to `dir` (the file's folder), as most tools
+    /// do, so the configuration means the same from any working directory: `state_dir`,
+    /// `providers.local.state_dir` and each deployment's `workdir` are joined to it, and
+    /// `{config_dir}` in a `start_command` becomes it (shell-quoted when it needs quoting).
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let join = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p
+                && path.is_relative()
+            {
+                *path = dir.join(&*path);
+            }
+        };
+        join(&mut self.gateway.state_dir);
+        join(&mut self.providers.local.state_dir);
+        let quoted = shell_quote(&dir.to_string_lossy());
+        for deployment in &mut self.deployments {
+            join(&mut deployment.workdir);
+            deployment.start_command = deployment
+                .start_command
+                .replace(CONFIG_DIR_PLACEHOLDER, &quoted);
+        }
     }
 
     /// Parses TOML text (without validating meaning).
@@ -346,6 +394,49 @@ mod tests {
 
         let config = GatewayConfig::parse("[providers.local]\ngpus = [\"0\", \"0\"]\n").unwrap();
         assert_eq!(config.validate().unwrap_err().0[0].field, "providers.local");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_files_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("my conf");
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.join("autodeploy.toml");
+        std::fs::write(
+            &path,
+            r#"
+            [gateway]
+            state_dir = "state"
+            [providers.local]
+            state_dir = "/abs/local"
+            [[deployment]]
+            id = "files"
+            start_command = "exec serve --directory {config_dir}/files"
+            workdir = "work"
+            idle_retention = "1m"
+            max_instances = 1
+            "#,
+        )
+        .unwrap();
+        // Loaded from elsewhere: the working directory plays no part.
+        let config = GatewayConfig::load(&path).unwrap();
+        let folder = std::fs::canonicalize(&folder).unwrap();
+        assert_eq!(config.gateway.state_dir, Some(folder.join("state")));
+        assert_eq!(config.providers.local.state_dir, Some("/abs/local".into()));
+        let deployment = &config.deployments[0];
+        assert_eq!(deployment.workdir, Some(folder.join("work")));
+        assert_eq!(
+            deployment.start_command,
+            format!("exec serve --directory '{}'/files", folder.display())
+        );
+    }
+
+    #[test]
+    fn config_dir_is_quoted_for_the_shell_only_when_needed() {
+        assert_eq!(shell_quote("/srv/autodeploy-1.0"), "/srv/autodeploy-1.0");
+        assert_eq!(shell_quote("/a b"), "'/a b'");
+        assert_eq!(shell_quote("/it's"), "'/it'\\''s'");
+        assert_eq!(shell_quote("/$HOME;rm"), "'/$HOME;rm'");
     }
 
     #[test]

@@ -21,9 +21,10 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve {
-        /// The configuration file.
-        #[arg(long, short, default_value = "autodeploy.toml")]
-        config: PathBuf,
+        /// The configuration file (default: ./autodeploy.toml; without one, the gateway
+        /// starts with no deployments on 127.0.0.1:8000 and takes them through its API).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Overrides `[gateway] listen`.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
@@ -129,12 +130,22 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// The file `serve` reads when `--config` is not given.
+const DEFAULT_CONFIG: &str = "autodeploy.toml";
+
 async fn serve(
-    path: PathBuf,
+    path: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
     admin_token: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut config = GatewayConfig::load(&path)?;
+    let path = path.or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG);
+        default.exists().then_some(default)
+    });
+    let mut config = match &path {
+        Some(path) => GatewayConfig::load(path)?,
+        None => GatewayConfig::default(),
+    };
     if let Some(listen) = listen {
         config.gateway.listen = listen;
     }
@@ -149,6 +160,16 @@ async fn serve(
     let gateway = Gateway::from_config(config).await?;
     let ids: Vec<String> = gateway.controllers().iter().map(|c| c.id()).collect();
     tracing::info!(%local, deployments = ?ids, "autodeploy listening; links at http://{local}/d/<id>/");
+    if path.is_none() {
+        tracing::info!(
+            "no configuration file (--config FILE, or ./{DEFAULT_CONFIG}): serving no \
+             deployments yet; add one through the API, e.g. curl -X POST \
+             http://{local}/api/v1/deployments -H 'Content-Type: application/json' -d '{{\"id\": \
+             \"files\", \"start_command\": \"exec python3 -m http.server {{port}} --bind \
+             127.0.0.1\", \"idle_retention\": \"3m\", \"max_instances\": 2}}', or start \
+             with a file such as examples/autodeploy.toml"
+        );
+    }
     gateway.serve(listener, shutdown_signal()).await;
     tracing::info!("stopped; every instance released");
     Ok(())

@@ -140,7 +140,14 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = tokio::fs::File::create(&tmp).await?;
+    // Owner-only: the file holds access keys.
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .await?;
     tokio::io::AsyncWriteExt::write_all(&mut file, bytes).await?;
     file.sync_all().await?;
     drop(file);

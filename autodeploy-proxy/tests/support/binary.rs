@@ -90,17 +90,34 @@ start_timeout = "20s"
 /// A blocking HTTP/1.1 GET: status and the whole answer, `None` when the connection failed
 /// (the gateway is down or dying).
 pub fn get(port: u16, path: &str, rule: Option<&str>) -> Option<(u16, String)> {
+    let rule = rule
+        .map(|r| format!("Deploy-Route-Rule: {r}\r\n"))
+        .unwrap_or_default();
+    request(port, "GET", path, &rule, "")
+}
+
+/// A blocking HTTP/1.1 request with extra `headers` (each ending in CRLF) and a `body`:
+/// status and the whole answer, `None` when the connection failed.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
-    let rule = rule
-        .map(|r| format!("Deploy-Route-Rule: {r}\r\n"))
-        .unwrap_or_default();
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: gw\r\n{rule}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: gw\r\n{headers}{length}Connection: close\r\n\r\n{body}"
     )
     .ok()?;
     let mut answer = String::new();
