@@ -10,6 +10,8 @@ use autodeploy_core::{DeployConfig, FieldError, ValidationErrors};
 pub use autodeploy_provider::ProvidersConfig;
 use serde::Deserialize;
 
+use crate::problems::Problems;
+
 /// The whole configuration file.
 ///
 /// ```toml
@@ -162,40 +164,29 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML of the expected shape.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with line and column.
-        message: String,
-    },
-    /// The file parsed but some values are wrong.
-    #[error("{path}: invalid configuration: {errors}")]
+    /// The file is not valid TOML, or not of the expected shape, or some values are wrong.
+    #[error("{path}: invalid configuration: {problems}")]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// Every problem found.
-        errors: ValidationErrors,
+        /// Every problem found, in file order, each with its line and field.
+        problems: Problems,
     },
 }
 
 impl GatewayConfig {
-    /// Reads, parses and validates a configuration file.
+    /// Reads, parses and validates a configuration file, reporting every problem in it at
+    /// once ([`problems::read`](crate::problems::read)), then resolves its relative paths
+    /// ([`GatewayConfig::resolve_paths`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+        let mut config = crate::problems::read(&text).map_err(|problems| ConfigError::Invalid {
             path: path.to_owned(),
-            message,
+            problems,
         })?;
-        config.validate().map_err(|errors| ConfigError::Invalid {
-            path: path.to_owned(),
-            errors,
-        })?;
-        let mut config = config;
         config.resolve_paths(&config_dir(path));
         Ok(config)
     }
@@ -223,7 +214,7 @@ impl GatewayConfig {
         }
     }
 
-    /// Parses TOML text (without validating meaning).
+    /// Parses TOML text (without validating meaning), stopping at the first problem.
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }

@@ -30,6 +30,7 @@ mod gateway;
 pub mod headers;
 pub mod link;
 pub mod metrics;
+pub mod problems;
 mod respond;
 pub mod server;
 mod store;

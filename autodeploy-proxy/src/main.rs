@@ -104,10 +104,12 @@ fn check(path: &std::path::Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(ConfigError::Invalid { path, errors }) => {
-            eprintln!("{}: {} problem(s):", path.display(), errors.0.len());
-            for error in &errors.0 {
-                eprintln!("  {error}");
+        Err(ConfigError::Invalid { path, problems }) => {
+            let count = problems.0.len();
+            let plural = if count == 1 { "" } else { "s" };
+            eprintln!("{}: {count} problem{plural}:", path.display());
+            for problem in &problems.0 {
+                eprintln!("  {problem}");
             }
             ExitCode::from(2)
         }

@@ -42,9 +42,12 @@ fn check_reports_every_problem_with_its_field() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
+    // Meaning problems and parse-level ones (unknown key, bad value, missing field) alike.
     std::fs::write(
         &bad,
-        "[[deployment]]\nid = \"Bad\"\nstart_command = \"\"\nidle_retention = \"0s\"\nmax_instances = 0\n",
+        "[gateway]\nlisten_adr = \"127.0.0.1:1\"\n\n[[deployment]]\nid = \"Bad\"\n\
+         start_command = \"\"\nidle_retention = \"0s\"\nmax_instances = 0\n\n\
+         [[deployment]]\nid = \"b\"\nstart_command = \"true\"\nmax_instances = -1\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -54,13 +57,19 @@ fn check_reports_every_problem_with_its_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for field in [
-        "deployment[0].id",
-        "deployment[0].start_command",
-        "deployment[0].idle_retention",
-        "deployment[0].max_instances",
-    ] {
-        assert!(err.contains(field), "{field} missing in {err}");
+    let lines: Vec<&str> = err.lines().skip(1).map(str::trim).collect();
+    let expected = [
+        "line 2: gateway.listen_adr: unknown field",
+        "line 5: deployment[0].id: ",
+        "line 6: deployment[0].start_command: ",
+        "line 7: deployment[0].idle_retention: ",
+        "line 8: deployment[0].max_instances: ",
+        "line 10: deployment[1].idle_retention: missing field",
+        "line 13: deployment[1].max_instances: invalid value",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{err}");
+    for (line, expected) in lines.iter().zip(expected) {
+        assert!(line.starts_with(expected), "{expected:?} in {err}");
     }
 }
 

@@ -724,6 +724,7 @@ mod parsers {
             if let Ok(config) = GatewayConfig::parse(&text) {
                 let _ = config.validate();
             }
+            let _ = autodeploy_proxy::problems::read(&text);
         }
 
         #[test]
@@ -736,8 +737,14 @@ mod parsers {
                 text.push_str("[[deployment]]\n");
                 text.push_str(&d);
             }
-            if let Ok(config) = GatewayConfig::parse(&text) {
-                let _ = config.validate();
+            // The collecting reader agrees with serde's first-error reading.
+            let strict = GatewayConfig::parse(&text).map(|config| config.validate());
+            let collected = autodeploy_proxy::problems::read(&text);
+            match (strict, collected) {
+                (Ok(Ok(())), Ok(_)) => {}
+                (Ok(Ok(())), Err(problems)) => panic!("{text}\n{problems}"),
+                (_, Ok(_)) => panic!("{text}\nread although it has problems"),
+                (_, Err(problems)) => prop_assert!(!problems.0.is_empty()),
             }
         }
 
