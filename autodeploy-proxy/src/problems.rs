@@ -468,9 +468,10 @@ colour = "blue"
             found,
             [
                 "line 1: deployment[0].id: missing field `id`",
-                "line 1: deployment[0].start_command: missing field `start_command`",
                 "line 1: deployment[0].idle_retention: missing field `idle_retention`",
                 "line 1: deployment[0].max_instances: missing field `max_instances`",
+                // Optional in the file, required by the local provider.
+                "line 1: deployment[0].start_command: must not be empty",
             ]
         );
     }
