@@ -128,6 +128,7 @@ async fn a_readiness_path_answering_5xx_times_out_saying_what_was_tried() {
                 "{tried}"
             );
             assert!(tried.contains("status 503"), "{tried}");
+            assert!(!tried.contains("$PORT"), "the port was open: {tried}");
             assert!(
                 last_log
                     .iter()
@@ -249,6 +250,11 @@ async fn a_command_that_never_listens_times_out_and_is_killed_on_release() {
             assert_eq!(after, Duration::from_secs(1));
             assert!(
                 tried.starts_with(&format!("TCP connect to {endpoint}")),
+                "{tried}"
+            );
+            // Nothing ever listened: the message points at the usual cause.
+            assert!(
+                tried.contains("`{port}`") && tried.contains("$PORT"),
                 "{tried}"
             );
             assert!(last_log.iter().any(|l| l.starts_with("pid=")));

@@ -78,7 +78,7 @@ async fn authorize(State(gateway): State<Gateway>, req: Request<Body>, next: Nex
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(|v| bearer_token(v.as_bytes()))
             .unwrap_or_default();
         if !bool::from(presented.ct_eq(token.as_bytes())) {
             let mut response = ApiError::from(ErrorCode::Unauthorized).into_response();
@@ -90,6 +90,17 @@ async fn authorize(State(gateway): State<Gateway>, req: Request<Body>, next: Nex
         }
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is matched ignoring
+/// case (RFC 9110 §11.1) and may be followed by more than one space.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
 }
 
 /// One deployment in the list.
@@ -318,4 +329,26 @@ async fn metrics(State(gateway): State<Gateway>) -> impl IntoResponse {
         )],
         gateway.metrics().render(controllers.iter()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_ignoring_case() {
+        for value in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
+            assert_eq!(bearer_token(value.as_bytes()), Some(&b"t0k"[..]), "{value}");
+        }
+        for value in [
+            "Basic t0k",
+            "Bearert0k",
+            "Bearer",
+            "Bearer ",
+            "Token t0k",
+            "",
+        ] {
+            assert_eq!(bearer_token(value.as_bytes()), None, "{value}");
+        }
+    }
 }

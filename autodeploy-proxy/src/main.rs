@@ -36,7 +36,13 @@ enum Command {
         log_format: LogFormat,
         /// Runtime worker threads (default: one per CPU core). On a small machine shared with
         /// its instances, 1 costs less CPU per request at the same throughput.
-        #[arg(long, env = "AUTODEPLOY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+        // Values hidden in --help: clap would print a dangling `=` for an unset variable.
+        #[arg(
+            long,
+            env = "AUTODEPLOY_WORKER_THREADS",
+            hide_env_values = true,
+            value_parser = clap::value_parser!(u16).range(1..)
+        )]
         worker_threads: Option<u16>,
     },
     /// Validate a configuration file and print every problem with its field.

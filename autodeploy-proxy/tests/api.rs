@@ -83,6 +83,21 @@ async fn every_route_but_healthz_needs_the_admin_token() {
     assert_eq!(status, 200);
     let (status, _) = call(&gw, "GET", "/api/v1/deployments", Some(TOKEN), None).await;
     assert_eq!(status, 200);
+    // The scheme's case does not matter (RFC 9110 §11.1); the token's does.
+    for (value, expected) in [
+        (format!("bearer {TOKEN}"), 200),
+        (format!("BEARER  {TOKEN}"), 200),
+        (format!("bearer {}", TOKEN.to_uppercase()), 401),
+        (format!("Basic {TOKEN}"), 401),
+    ] {
+        let resp = client()
+            .get(gw.url("/api/v1/deployments"))
+            .header("Authorization", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), expected, "{value}");
+    }
     // Nothing was changed by the refused calls.
     assert!(gw.gateway.controller("a").is_some());
     assert_eq!(gw.sim.created(), 0);

@@ -210,3 +210,18 @@ fn one_worker_thread_serves_and_zero_is_refused() {
     assert!(child.wait().unwrap().success());
     wait_until_gone(&marker, "an instance outlived the one-worker gateway");
 }
+
+#[test]
+fn help_names_the_environment_variables_without_a_dangling_equals_sign() {
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .env_remove("AUTODEPLOY_WORKER_THREADS")
+        .env_remove("AUTODEPLOY_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(help.contains("[env: AUTODEPLOY_WORKER_THREADS]"), "{help}");
+    assert!(help.contains("[env: AUTODEPLOY_ADMIN_TOKEN]"), "{help}");
+    assert!(!help.contains("=]"), "{help}");
+}

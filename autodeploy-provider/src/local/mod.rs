@@ -411,11 +411,17 @@ impl GpuProvider for Local {
     }
 
     async fn wait_ready(&self, id: InstanceId) -> Result<(), ProviderError> {
+        /// Added to a timeout when nothing ever accepted a connection: the usual cause is a
+        /// service listening on a port of its own.
+        const NEVER_LISTENED_HINT: &str = "; nothing ever accepted a connection on that \
+            port: the command must listen on the port the provider chose, written `{port}` in \
+            start_command or read from $PORT, not on a fixed port of its own";
         let instance = self.get(id).ok_or(ProviderError::UnknownInstance(id))?;
         let deadline = instance.created + instance.start_timeout;
         let mut exit = instance.exit.subscribe();
         let mut backoff = Backoff::new(instance.created, instance.probe_interval);
         let mut last = String::from("not probed");
+        let mut ever_open = false;
         loop {
             if let Some(report) = instance.exited() {
                 return Err(ProviderError::StartFailed {
@@ -432,6 +438,7 @@ impl GpuProvider for Local {
             let mut open = false;
             if let Ok(outcome) = timeout_at(deadline, instance.probe.check()).await {
                 open = !matches!(outcome, Outcome::Closed(_));
+                ever_open |= open;
                 match outcome.reason() {
                     None => return Ok(()),
                     Some(why) => last = why,
@@ -439,9 +446,10 @@ impl GpuProvider for Local {
             }
             let now = Instant::now();
             if now >= deadline {
+                let hint = if ever_open { "" } else { NEVER_LISTENED_HINT };
                 return Err(ProviderError::StartTimedOut {
                     after: instance.start_timeout,
-                    tried: format!("{} (last result: {last})", instance.probe),
+                    tried: format!("{} (last result: {last}){hint}", instance.probe),
                     last_log: instance.last_log(ERROR_LOG_LINES),
                 });
             }
