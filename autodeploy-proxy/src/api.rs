@@ -10,11 +10,14 @@
 //! | POST | `/api/v1/deployments/{id}/instances` | start an instance now (pre-warm) |
 //! | GET | `/api/v1/deployments/{id}/instances/{instance}` | one instance, with its last log lines |
 //! | DELETE | `/api/v1/deployments/{id}/instances/{instance}` | drain and release one instance |
+//! | GET | `/api/v1/deployments/{id}/history` | last 15 minutes of requests and instances, recent cold starts and start failures |
+//! | GET | `/api/v1/events` | live events as server-sent events ([`crate::events`]) |
+//! | GET | `/ui` | the dashboard (static files; its data calls carry the token) |
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/healthz` | liveness, never needs the token |
 //!
-//! With an admin token configured, every route but `/healthz` needs
-//! `Authorization: Bearer <token>`; the comparison is constant-time.
+//! With an admin token configured, every route but `/healthz` and the dashboard's static
+//! files under `/ui` needs `Authorization: Bearer <token>`; the comparison is constant-time.
 
 use autodeploy_core::{
     Controller, DeployConfig, DeploymentStatus, ErrorCode, GatewayError, InstanceId, InstanceInfo,
@@ -23,11 +26,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
 use http::{HeaderValue, Request, StatusCode, header};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
+
+use crate::events::Received;
 
 use crate::gateway::{BuildError, Gateway};
 use crate::respond::ApiError;
@@ -61,7 +68,10 @@ pub fn router(gateway: Gateway) -> Router {
             "/api/v1/deployments/{id}/instances/{instance}",
             get(get_instance).delete(release_instance),
         )
+        .route("/api/v1/deployments/{id}/history", get(history))
+        .route("/api/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .merge(crate::ui::router())
         .method_not_allowed_fallback(|| async { ApiError::from(ErrorCode::MethodNotAllowed) })
         .fallback(|| async { ApiError::from(ErrorCode::NotFound) })
         // A layer, not a route layer: unknown paths need the token too, so a caller without
@@ -74,6 +84,7 @@ pub fn router(gateway: Gateway) -> Router {
 async fn authorize(State(gateway): State<Gateway>, req: Request<Body>, next: Next) -> Response {
     if let Some(token) = &gateway.settings().admin_token
         && req.uri().path() != "/healthz"
+        && !crate::ui::is_static(req.uri().path())
     {
         let presented = req
             .headers()
@@ -108,23 +119,34 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 struct DeploymentSummary {
     id: String,
     name: String,
+    description: String,
     provider: String,
     status: DeploymentStatus,
     instances: usize,
+    max_instances: u32,
     queue_depth: usize,
+    /// Requests answered per second, over the last second sampled.
+    requests_per_second: f64,
+    /// What its live instances cost per hour now (instances times the price per hour).
+    spend_per_hour: f64,
     total_cost: f64,
     link: String,
 }
 
-fn summary(controller: &Controller) -> DeploymentSummary {
+fn summary(gateway: &Gateway, controller: &Controller) -> DeploymentSummary {
     let config = controller.config();
+    let instances = controller.instances();
     DeploymentSummary {
         id: config.id.clone(),
         name: config.display_name().to_owned(),
+        description: config.description.clone(),
         provider: config.provider.clone(),
         status: controller.status(),
-        instances: controller.instances().len(),
+        instances: instances.len(),
+        max_instances: config.max_instances,
         queue_depth: controller.queue_depth(),
+        requests_per_second: gateway.events().histories().requests_per_second(&config.id),
+        spend_per_hour: instances.len() as f64 * config.price_per_hour,
         total_cost: controller.total_cost(),
         link: match config.listen {
             Some(addr) => format!("http://{addr}/"),
@@ -162,9 +184,9 @@ struct DeploymentDetail {
     instances: Vec<InstanceView>,
 }
 
-fn detail(controller: &Controller) -> DeploymentDetail {
+fn detail(gateway: &Gateway, controller: &Controller) -> DeploymentDetail {
     DeploymentDetail {
-        summary: summary(controller),
+        summary: summary(gateway, controller),
         released_instances: controller.released_count(),
         config: (*controller.config()).clone(),
         instances: instance_views(controller),
@@ -178,7 +200,11 @@ fn controller(gateway: &Gateway, id: &str) -> ApiResult<Controller> {
 }
 
 async fn list_deployments(State(gateway): State<Gateway>) -> impl IntoResponse {
-    let list: Vec<DeploymentSummary> = gateway.controllers().iter().map(summary).collect();
+    let list: Vec<DeploymentSummary> = gateway
+        .controllers()
+        .iter()
+        .map(|c| summary(&gateway, c))
+        .collect();
     axum::Json(serde_json::json!({ "deployments": list }))
 }
 
@@ -186,7 +212,39 @@ async fn get_deployment(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(axum::Json(detail(&controller(&gateway, &id)?)))
+    Ok(axum::Json(detail(&gateway, &controller(&gateway, &id)?)))
+}
+
+async fn history(
+    State(gateway): State<Gateway>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    controller(&gateway, &id)?;
+    Ok(axum::Json(gateway.events().histories().view(&id)))
+}
+
+/// The live events as server-sent events: each one's `event:` is its type, `id:` its
+/// sequence number, `data:` its JSON; a subscriber that reads too slowly gets a `lagged`
+/// event saying how many it missed. The stream ends when the gateway stops.
+async fn events(State(gateway): State<Gateway>) -> impl IntoResponse {
+    let stream = gateway
+        .events()
+        .subscribe()
+        .into_stream()
+        .map(|received| Ok::<_, std::convert::Infallible>(sse_event(&received)));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+}
+
+fn sse_event(received: &Received) -> Event {
+    match received {
+        Received::Event(event) => Event::default()
+            .event(event.kind.name())
+            .id(event.seq.to_string())
+            .data(serde_json::to_string(&**event).unwrap_or_default()),
+        Received::Lagged { dropped } => Event::default()
+            .event("lagged")
+            .data(serde_json::json!({ "type": "lagged", "dropped": dropped }).to_string()),
+    }
 }
 
 /// Reads a JSON `DeployConfig`: bad JSON is 1000, a wrong shape or meaning 1003.
@@ -214,7 +272,10 @@ async fn create_deployment(
         other => ApiError(GatewayError::with_detail(ErrorCode::InvalidConfig, other)),
     })?;
     gateway.save_api_deployments().await;
-    Ok((StatusCode::CREATED, axum::Json(detail(&controller))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(detail(&gateway, &controller)),
+    ))
 }
 
 async fn update_deployment(
@@ -236,7 +297,7 @@ async fn update_deployment(
     gateway.update_deployment(config)?;
     note_runtime_only(&gateway, &id, "updated");
     gateway.save_api_deployments().await;
-    Ok(axum::Json(detail(&controller(&gateway, &id)?)))
+    Ok(axum::Json(detail(&gateway, &controller(&gateway, &id)?)))
 }
 
 async fn delete_deployment(

@@ -9,14 +9,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use autodeploy_core::{
-    Controller, DeployConfig, ErrorCode, FieldError, GatewayError, GpuProvider, RouteView, Target,
-    ValidationErrors,
+    Controller, DeployConfig, DeploymentStatus, ErrorCode, FieldError, GatewayError, GpuProvider,
+    RouteView, Target, ValidationErrors,
 };
 use autodeploy_routing::{RoundRobin, RouteRule};
 use axum::body::Body;
@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
 
 use crate::config::{GatewayConfig, GatewaySettings, RateLimit};
+use crate::events::{self, EventHub};
 use crate::forward::forward;
 use crate::metrics::Metrics;
 use crate::respond::error_response;
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     providers: BTreeMap<String, Arc<dyn GpuProvider>>,
     pub(crate) upstream: Upstream,
     pub(crate) metrics: Arc<Metrics>,
+    /// Controller events, status changes and request rates for `/api/v1/events`.
+    events: Arc<EventHub>,
     pub(crate) settings: GatewaySettings,
     closed: AtomicBool,
     /// Held while a deployment is added: its reconciliation releases every instance of its
@@ -94,6 +97,15 @@ impl Deployment {
         }
         let refused = limiter.check_key(&key).err()?;
         Some(refused.wait_time_from(limiter.clock().now()))
+    }
+
+    /// Requests answered through this deployment's link, over its life.
+    fn requests_total(&self) -> u64 {
+        self.request_counters
+            .lock()
+            .iter()
+            .map(|(_, _, counter)| counter.get())
+            .sum()
     }
 
     /// Counts one answered request in the gateway's metrics.
@@ -198,12 +210,15 @@ impl GatewayBuilder {
             let file_owned = self.deployments.iter().map(|d| d.id.clone()).collect();
             Store::new(path, file_owned)
         });
+        let metrics = Arc::new(Metrics::new());
+        let events = Arc::new(EventHub::new(events::DEFAULT_BUFFER, Some(metrics.clone())));
         let gateway = Gateway {
             shared: Arc::new(Shared {
                 deployments: RwLock::new(BTreeMap::new()),
                 providers: self.providers,
                 upstream: Upstream::default(),
-                metrics: Arc::new(Metrics::new()),
+                metrics,
+                events: events.clone(),
                 settings: self.settings,
                 closed: AtomicBool::new(false),
                 adding: tokio::sync::Mutex::new(()),
@@ -226,8 +241,29 @@ impl GatewayBuilder {
                     })?;
             }
         }
+        tokio::spawn(events::sampler::run(gateway.downgrade(), events));
         Ok(gateway)
     }
+}
+
+/// A [`Gateway`] that does not keep it alive (for its own background tasks).
+#[derive(Debug, Clone)]
+pub(crate) struct WeakGateway(Weak<Shared>);
+
+impl WeakGateway {
+    /// The gateway, unless every handle to it was dropped.
+    pub(crate) fn upgrade(&self) -> Option<Gateway> {
+        self.0.upgrade().map(|shared| Gateway { shared })
+    }
+}
+
+/// What the sampler reads of one deployment.
+#[derive(Debug, Clone)]
+pub(crate) struct DeploymentSnapshot {
+    pub(crate) id: String,
+    pub(crate) status: DeploymentStatus,
+    pub(crate) instances: usize,
+    pub(crate) requests_total: u64,
 }
 
 impl Gateway {
@@ -276,6 +312,31 @@ impl Gateway {
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
+    }
+
+    /// The gateway's live events: subscribe to them, or read each deployment's recent
+    /// history.
+    pub fn events(&self) -> &Arc<EventHub> {
+        &self.shared.events
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakGateway {
+        WeakGateway(Arc::downgrade(&self.shared))
+    }
+
+    /// Every deployment's status, instance count and request counter, in id order.
+    pub(crate) fn snapshot(&self) -> Vec<DeploymentSnapshot> {
+        let deployments: Vec<Arc<Deployment>> =
+            self.shared.deployments.read().values().cloned().collect();
+        deployments
+            .iter()
+            .map(|d| DeploymentSnapshot {
+                id: d.id.clone(),
+                status: d.controller.status(),
+                instances: d.controller.instances().len(),
+                requests_total: d.requests_total(),
+            })
+            .collect()
     }
 
     /// The controller of deployment `id`.
@@ -329,7 +390,7 @@ impl Gateway {
         };
         let id = config.id.clone();
         let controller = Controller::builder(config, provider)
-            .events(self.shared.metrics.clone())
+            .events(self.shared.events.clone())
             .owner("autodeploy")
             .build()
             .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
@@ -548,6 +609,12 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
+        let events = self.shared.events.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Event streams never end on their own: end them, or the drain waits for them.
+            events.close();
+        };
         server::run(listener, self.service(), &self.shared.settings, shutdown).await;
         self.shutdown().await;
     }
@@ -574,6 +641,7 @@ impl Gateway {
     /// drain timeout, every instance is released. Resolves when all are.
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::Release);
+        self.shared.events.close();
         let deployments: Vec<Arc<Deployment>> =
             self.shared.deployments.read().values().cloned().collect();
         let drain = self.shared.settings.drain_timeout;

@@ -25,6 +25,7 @@
 
 pub mod api;
 pub mod config;
+pub mod events;
 mod forward;
 mod gateway;
 pub mod headers;
@@ -34,6 +35,7 @@ pub mod problems;
 mod respond;
 pub mod server;
 mod store;
+mod ui;
 mod upstream;
 
 pub use config::{ConfigError, GatewayConfig, GatewaySettings, RateLimit};

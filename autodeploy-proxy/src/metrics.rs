@@ -48,6 +48,7 @@ pub struct Metrics {
     instances: Family<StateLabels, Gauge>,
     queue_depth: Family<DeploymentLabels, Gauge>,
     cost: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+    events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -125,6 +126,12 @@ impl Metrics {
             "Total spend per deployment (released and running instances), in the price's currency",
             cost.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events that /api/v1/events subscribers missed because they read too slowly",
+            events_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -136,7 +143,13 @@ impl Metrics {
             instances,
             queue_depth,
             cost,
+            events_dropped,
         }
+    }
+
+    /// Counts events a slow subscriber of the event stream missed.
+    pub fn events_dropped(&self, n: u64) {
+        self.events_dropped.inc_by(n);
     }
 
     /// The counter of requests answered with `status` under route rule `rule`: a handle to
