@@ -67,13 +67,16 @@ export function activityChart(history) {
 
 /** One horizontal bar per cold start, split into its phases. */
 export function coldStartChart(coldStarts) {
+  // Narrower than the activity chart: in a half-width card or on a phone its text stays
+  // readable.
+  const width = 460;
   const rowH = 22;
-  const labelW = 150;
-  const plotW = W - labelW - 70;
+  const labelW = 80;
+  const plotW = width - labelW - 60;
   const max = Math.max(0.001, ...coldStarts.map((c) => c.total_s));
   const svg = s('svg', {
     class: 'chart timeline',
-    viewBox: `0 0 ${W} ${coldStarts.length * rowH + 6}`,
+    viewBox: `0 0 ${width} ${coldStarts.length * rowH + 6}`,
     role: 'img',
     'aria-label': 'Cold-start phases of recent starts',
   });

@@ -47,10 +47,9 @@ export class DeploymentView {
     this.tryIt = h('section', { class: 'card' });
     replace(this.root,
       h('a', { class: 'back', href: '#/' }, '← All deployments'),
-      this.header, this.notice, this.form,
-      h('div', { class: 'grid' }, this.chart, this.instances),
-      h('div', { class: 'grid' }, this.starts, this.failures),
-      this.tryIt);
+      this.header, this.notice, this.form, this.instances,
+      h('div', { class: 'grid' }, this.chart, this.starts),
+      this.failures, this.tryIt);
   }
 
   async load() {
@@ -85,6 +84,8 @@ export class DeploymentView {
 
   render() {
     const d = this.detail;
+    // The detail's `instances` is the list of instances (it replaces the summary's count).
+    const live = d.instances.length;
     replace(this.header,
       h('div', { class: 'title' },
         h('h1', {}, d.name), badge(d.status),
@@ -92,7 +93,7 @@ export class DeploymentView {
       d.description ? h('p', { class: 'description' }, d.description) : null,
       h('div', { class: 'facts' },
         linkWithCopy(d.link),
-        h('span', {}, `${d.instances} / ${d.max_instances} instances`),
+        h('span', {}, `${live} / ${d.max_instances} instances`),
         h('span', {}, `${rate(d.requests_per_second)} req/s`),
         h('span', {}, `${money(d.spend_per_hour)}/h now`),
         h('span', {}, `${money(d.total_cost)} total`),
@@ -100,7 +101,7 @@ export class DeploymentView {
         h('span', {}, `provider ${d.provider}`)),
       h('div', { class: 'actions' },
         h('button', { type: 'button', id: 'prewarm', onclick: () => this.prewarm(),
-          disabled: d.instances >= d.max_instances }, 'Pre-warm an instance'),
+          disabled: live >= d.max_instances }, 'Pre-warm an instance'),
         h('button', { type: 'button', id: 'edit', class: 'secondary', onclick: () => this.openEdit() }, 'Edit settings'),
         this.confirming === 'delete'
           ? h('span', { class: 'confirm' }, 'Delete this deployment and release its instances? ',
