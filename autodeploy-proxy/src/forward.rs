@@ -175,6 +175,14 @@ async fn forward_inner(
         Ok(Err(err)) => return Err(upstream_error(&err, lease.instance())),
         Ok(Ok(sent)) => sent,
     };
+    if lease.waited().is_some() {
+        // Only requests that waited for an instance (a cold start's first one among them)
+        // are recorded, so the common path takes no lock for the dashboard.
+        shared
+            .events
+            .histories()
+            .first_response(deployment.id(), lease.instance());
+    }
 
     if response.headers().contains_key(header::CONTENT_LENGTH)
         && response.headers().contains_key(header::TRANSFER_ENCODING)

@@ -51,7 +51,7 @@ pub(crate) struct Shared {
     pub(crate) upstream: Upstream,
     pub(crate) metrics: Arc<Metrics>,
     /// Controller events, status changes and request rates for `/api/v1/events`.
-    events: Arc<EventHub>,
+    pub(crate) events: Arc<EventHub>,
     pub(crate) settings: GatewaySettings,
     closed: AtomicBool,
     /// Held while a deployment is added: its reconciliation releases every instance of its

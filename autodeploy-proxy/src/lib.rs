@@ -11,6 +11,8 @@
 //! - the management API under `/api/v1` ([`api`]), `/metrics` ([`metrics`]), `/healthz`;
 //!   deployments it creates are kept across restarts in a JSON file when the gateway has
 //!   one ([`GatewayBuilder::api_store`]; the binary uses `{state_dir}/deployments.json`).
+//! - live events at `/api/v1/events` (server-sent events from a bounded buffer; [`events`])
+//!   and a dashboard at `/ui` that follows them (static files compiled into the binary).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

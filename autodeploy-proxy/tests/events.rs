@@ -115,6 +115,34 @@ async fn events_need_the_token_and_show_a_prewarm_in_order() {
         .unwrap();
     assert_eq!(history["cold_starts"].as_array().unwrap().len(), 1);
     assert_eq!(history["bucket_s"], 5.0);
+    // A pre-warmed instance had no request waiting for it: no first byte.
+    assert!(history["cold_starts"][0]["first_byte_s"].is_null());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_cold_start_by_a_request_records_every_phase_up_to_the_first_byte() {
+    let gw = TestGateway::with_settings(
+        settings(),
+        sim(Duration::from_millis(100)),
+        vec![deployment("a", 1, Duration::from_secs(60))],
+    )
+    .await;
+    let first = client().get(gw.url("/d/a/")).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let history: serde_json::Value = client()
+        .get(gw.url("/api/v1/deployments/a/history"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let start = &history["cold_starts"][0];
+    assert!(start["boot_s"].as_f64().unwrap() >= 0.1, "{start}");
+    let first_byte = start["first_byte_s"].as_f64().expect("a first byte");
+    assert!((0.0..5.0).contains(&first_byte), "{start}");
     gw.stop().await;
 }
 

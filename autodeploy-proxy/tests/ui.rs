@@ -216,6 +216,23 @@ async fn prewarm_turns_standby_to_running_within_2s_without_reload_and_release_t
         true
     );
     browser.screenshot("deployment-released").await;
+    // A cold start by a request: its timeline gains the first byte.
+    let code = tokio::task::spawn_blocking(move || support::binary::status(port, "/d/chat/", None))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    browser
+        .wait_text(".deployment-head .badge", SOON, |t| t == "Running")
+        .await;
+    let first_bytes = "return document.querySelectorAll('.timeline .phase-first').length";
+    for _ in 0..100 {
+        if browser.run(first_bytes).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(browser.run(first_bytes).await, 1);
+    browser.screenshot("deployment-cold-start-1280x800").await;
     browser.close().await;
     stop(process).await;
 }

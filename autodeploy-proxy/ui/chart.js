@@ -73,7 +73,7 @@ export function coldStartChart(coldStarts) {
   const rowH = 22;
   const labelW = 80;
   const plotW = width - labelW - 60;
-  const max = Math.max(0.001, ...coldStarts.map((c) => c.total_s));
+  const max = Math.max(0.001, ...coldStarts.map((c) => c.total_s + (c.first_byte_s || 0)));
   const svg = s('svg', {
     class: 'chart timeline',
     viewBox: `0 0 ${width} ${coldStarts.length * rowH + 6}`,
@@ -89,7 +89,13 @@ export function coldStartChart(coldStarts) {
       s('title', {}, `provider call ${duration(c.create_s)}`)));
     svg.append(s('rect', { class: 'phase-boot', x: labelW + wCreate, y, width: Math.max(wBoot, 1), height: rowH - 6 },
       s('title', {}, `boot and readiness ${duration(c.boot_s)}`)));
-    svg.append(s('text', { class: 'axis', x: labelW + wCreate + wBoot + 6, y: y + 14 }, duration(c.total_s)));
+    const wFirst = c.first_byte_s === null || c.first_byte_s === undefined ? 0 : (plotW * c.first_byte_s) / max;
+    if (wFirst > 0 || c.first_byte_s === 0) {
+      svg.append(s('rect', { class: 'phase-first', x: labelW + wCreate + wBoot, y, width: Math.max(wFirst, 1), height: rowH - 6 },
+        s('title', {}, `first byte ${duration(c.first_byte_s)}`)));
+    }
+    const total = c.total_s + (c.first_byte_s || 0);
+    svg.append(s('text', { class: 'axis', x: labelW + wCreate + wBoot + wFirst + 6, y: y + 14 }, duration(total)));
   });
   return svg;
 }

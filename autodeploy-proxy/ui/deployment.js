@@ -117,7 +117,8 @@ export class DeploymentView {
     replace(this.starts, h('h2', {}, 'Cold starts'),
       starts.length === 0 ? h('p', { class: 'empty' }, 'No cold start yet.') : [
         h('p', { class: 'legend' }, h('span', { class: 'key key-create' }), 'provider call ',
-          h('span', { class: 'key key-boot' }), 'boot and readiness probe'),
+          h('span', { class: 'key key-boot' }), 'boot and readiness probe ',
+          h('span', { class: 'key key-first' }), 'first byte'),
         coldStartChart(starts.slice(0, 8))]);
     const failures = this.history.start_failures;
     replace(this.failures, h('h2', {}, 'Recent start failures'),

@@ -28,10 +28,20 @@ pub struct Histories {
 #[derive(Debug, Default)]
 struct History {
     buckets: VecDeque<Bucket>,
-    cold_starts: VecDeque<(Instant, InstanceId, Duration, Duration)>,
+    cold_starts: VecDeque<Started>,
     failures: VecDeque<(Instant, InstanceId, String)>,
     last: Option<Observed>,
     requests_per_second: f64,
+}
+
+/// One recorded cold start.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    ready_at: Instant,
+    instance: InstanceId,
+    create: Duration,
+    boot: Duration,
+    first_byte: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +96,10 @@ pub struct ColdStart {
     pub create_s: f64,
     /// Time from create returning to a passed readiness probe (boot and probe).
     pub boot_s: f64,
-    /// Both.
+    /// From ready to the response headers of the first request that waited for it (none
+    /// when no request waited, as after a pre-warm).
+    pub first_byte_s: Option<f64>,
+    /// Provider call, boot and readiness (first byte not included).
     pub total_s: f64,
 }
 
@@ -111,10 +124,32 @@ impl Histories {
     ) {
         let mut map = self.map.lock();
         let history = map.entry(deployment.to_owned()).or_default();
-        history
-            .cold_starts
-            .push_front((Instant::now(), instance, create, boot));
+        history.cold_starts.push_front(Started {
+            ready_at: Instant::now(),
+            instance,
+            create,
+            boot,
+            first_byte: None,
+        });
         history.cold_starts.truncate(RECENT);
+    }
+
+    /// A request that waited for `instance` got its response headers now: the first one
+    /// after the instance's cold start completes its timeline.
+    pub(crate) fn first_response(&self, deployment: &str, instance: InstanceId) {
+        let now = Instant::now();
+        let mut map = self.map.lock();
+        let Some(history) = map.get_mut(deployment) else {
+            return;
+        };
+        if let Some(started) = history
+            .cold_starts
+            .iter_mut()
+            .find(|s| s.instance == instance)
+            .filter(|s| s.first_byte.is_none())
+        {
+            started.first_byte = Some(now.saturating_duration_since(started.ready_at));
+        }
     }
 
     pub(super) fn start_failure(&self, deployment: &str, instance: InstanceId, reason: String) {
@@ -221,12 +256,13 @@ impl Histories {
                 .map(|h| {
                     h.cold_starts
                         .iter()
-                        .map(|(at, instance, create, boot)| ColdStart {
-                            instance: *instance,
-                            age_s: age(*at),
-                            create_s: secs(*create),
-                            boot_s: secs(*boot),
-                            total_s: secs(*create + *boot),
+                        .map(|s| ColdStart {
+                            instance: s.instance,
+                            age_s: age(s.ready_at),
+                            create_s: secs(s.create),
+                            boot_s: secs(s.boot),
+                            first_byte_s: s.first_byte.map(secs),
+                            total_s: secs(s.create + s.boot),
                         })
                         .collect()
                 })
