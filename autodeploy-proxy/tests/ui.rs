@@ -331,6 +331,13 @@ async fn a_hostile_description_is_shown_literally_and_runs_no_script() {
         "an alert opened"
     );
     browser.screenshot("hostile-deployment").await;
+    // Delete asks first, then the overview no longer lists it.
+    browser.click("#delete").await;
+    browser.click("#confirm-delete").await;
+    browser
+        .wait_text("table.deployments", SOON, |t| !t.contains("not bold"))
+        .await;
+    assert!(browser.text(&badge("chat")).await.is_some());
     browser.close().await;
     stop(process).await;
 }

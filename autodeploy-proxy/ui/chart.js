@@ -33,8 +33,10 @@ export function activityChart(history) {
     svg.append(s('line', { class: 'grid', x1: PAD.left, x2: W - PAD.right, y1: y, y2: y }));
     svg.append(s('text', { class: 'axis', x: PAD.left - 4, y: y + 4, 'text-anchor': 'end' },
       formatAxis(maxRps * frac)));
-    svg.append(s('text', { class: 'axis inst', x: W - PAD.right + 4, y: y + 4 },
-      formatAxis(maxInst * frac)));
+    const instances = maxInst * frac;
+    if (Number.isInteger(instances)) {
+      svg.append(s('text', { class: 'axis inst', x: W - PAD.right + 4, y: y + 4 }, String(instances)));
+    }
   }
   for (const minutes of [15, 10, 5, 0]) {
     svg.append(s('text', {
@@ -50,13 +52,12 @@ export function activityChart(history) {
     }, s('title', {}, `${rps[i].toFixed(2)} req/s`)));
   });
   if (samples.length) {
+    // Each sample covers its bucket: a step from its start to its end (or now).
     let d = '';
     samples.forEach((p, i) => {
-      const px = x(p.age_s);
       const py = yI(p.instances);
-      d += i === 0 ? `M${px},${py}` : `H${px}V${py}`;
+      d += `${i === 0 ? 'M' : 'L'}${x(p.age_s)},${py}H${x(Math.max(p.age_s - bucket, 0))}`;
     });
-    d += `H${x(0)}`;
     svg.append(s('path', { class: 'line', d }));
   } else {
     svg.append(s('text', { class: 'axis', x: W / 2, y: H / 2, 'text-anchor': 'middle' },
