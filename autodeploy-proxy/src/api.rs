@@ -127,8 +127,9 @@ struct DeploymentSummary {
     queue_depth: usize,
     /// Requests answered per second, over the last second sampled.
     requests_per_second: f64,
-    /// What its live instances cost per hour now (instances times the price per hour).
-    spend_per_hour: f64,
+    /// What its live instances cost per hour now: their number times the deployment's
+    /// `price_per_hour`.
+    hourly_rate: f64,
     total_cost: f64,
     link: String,
 }
@@ -146,7 +147,7 @@ fn summary(gateway: &Gateway, controller: &Controller) -> DeploymentSummary {
         max_instances: config.max_instances,
         queue_depth: controller.queue_depth(),
         requests_per_second: gateway.events().histories().requests_per_second(&config.id),
-        spend_per_hour: instances.len() as f64 * config.price_per_hour,
+        hourly_rate: instances.len() as f64 * config.price_per_hour,
         total_cost: controller.total_cost(),
         link: match config.listen {
             Some(addr) => format!("http://{addr}/"),

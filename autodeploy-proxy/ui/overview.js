@@ -15,10 +15,10 @@ const COLUMNS = [
   { label: 'Link', cell: linkCell },
   { label: 'Instances', cell: (d) => `${d.instances} / ${d.max_instances}`, num: true },
   { label: 'Req/s', cell: (d) => rate(d.requests_per_second), num: true },
-  { label: 'Spend/h now', cell: (d) => money(d.spend_per_hour), num: true },
+  { label: 'Spend/h now', cell: (d) => money(d.hourly_rate), num: true },
   { label: 'Spend total', cell: (d) => money(d.total_cost), num: true },
   { label: 'Idle waste', field: 'idle_waste', optional: true, cell: (d) => money(d.idle_waste), num: true },
-  { label: 'Budget', field: 'budget', optional: true, cell: (d) => money(d.budget), num: true },
+  { label: 'Budget refusals', field: 'budget_refusals', optional: true, cell: (d) => String(d.budget_refusals), num: true },
 ];
 
 /** A status badge: Standby, Idle or Running. */
@@ -67,6 +67,8 @@ export class Overview {
   async load() {
     const answer = await api('GET', '/api/v1/deployments');
     this.deployments = answer.deployments;
+    // The gateway-wide budget, when the gateway has one.
+    this.budget = answer.budget || null;
     this.render();
   }
 
@@ -80,14 +82,15 @@ export class Overview {
   render() {
     const columns = COLUMNS.filter((c) => !c.optional || this.deployments.some((d) => c.field in d));
     const running = this.deployments.filter((d) => d.status === 'Running').length;
-    const spend = this.deployments.reduce((sum, d) => sum + (d.spend_per_hour || 0), 0);
+    const spend = this.deployments.reduce((sum, d) => sum + (d.hourly_rate || 0), 0);
     const total = this.deployments.reduce((sum, d) => sum + (d.total_cost || 0), 0);
     replace(this.root,
       h('section', { class: 'summary' },
         tile('Deployments', this.deployments.length),
         tile('Running', running),
         tile('Spend/h now', money(spend)),
-        tile('Spend total', money(total))),
+        tile('Spend total', money(total)),
+        this.budget ? tile('Budget/h used', `${money(this.budget.hourly_rate)} / ${money(this.budget.max_per_hour)}`) : null),
       this.deployments.length === 0
         ? h('p', { class: 'empty' }, 'No deployments yet. Add one to the config file or POST /api/v1/deployments.')
         : h('table', { class: 'deployments responsive' },
