@@ -195,6 +195,9 @@ async fn prewarm_turns_standby_to_running_within_2s_without_reload_and_release_t
             t == "30"
         })
         .await;
+    // Its last log lines on demand, as text.
+    browser.click("tr[data-instance] .row-actions button").await;
+    browser.wait_text("pre.log", SOON, |t| !t.is_empty()).await;
     // The try-it box follows the chosen rule.
     let rule = browser.client.find(Locator::Css("#rule")).await.unwrap();
     rule.select_by_value("scale-out").await.unwrap();
