@@ -54,6 +54,6 @@ pub use error::{ErrorCode, GatewayError};
 pub use instance_id::InstanceId;
 pub use lifecycle::{DeploymentStatus, IllegalTransition, InstanceState, LifecycleEvent};
 pub use provider::{
-    Endpoint, ExitReport, GpuProvider, InstanceSpec, ProvidedInstance, ProviderError,
+    Endpoint, ExitReport, GpuProvider, InstanceSpec, ProvidedInstance, ProviderError, Scheme,
 };
 pub use route::{ReadyInstance, RouteView, Target};

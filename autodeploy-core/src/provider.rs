@@ -16,6 +16,9 @@ use crate::instance_id::InstanceId;
 pub const LABEL_DEPLOYMENT: &str = "autodeploy.deployment";
 /// The label naming the gateway (owner) that created the instance.
 pub const LABEL_OWNER: &str = "autodeploy.owner";
+/// The label naming the instance itself, for engines whose own ids are not ours (a cloud's
+/// pod id).
+pub const LABEL_INSTANCE: &str = "autodeploy.instance";
 
 /// Everything a provider needs to create one instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,9 +75,41 @@ impl InstanceSpec {
     }
 }
 
-/// Where an instance serves HTTP: a host (name or address) and a port.
+/// How the gateway talks to an instance: plain HTTP, or HTTP over TLS (a cloud instance
+/// reached over the internet, a proxy in front of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Plain HTTP (HTTP/1.1, or HTTP/2 with prior knowledge for `h2c` deployments).
+    #[default]
+    Http,
+    /// TLS, with HTTP/2 or HTTP/1.1 chosen by ALPN.
+    Https,
+}
+
+impl Scheme {
+    /// `"http"` or `"https"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// The port a URL of this scheme means when it names none.
+    pub const fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// Where an instance serves HTTP: a scheme, a host (name or address) and a port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Endpoint {
+    /// Plain HTTP or TLS.
+    pub scheme: Scheme,
     /// Host name or IP address.
     pub host: String,
     /// TCP port.
@@ -82,11 +117,37 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint on `host:port`.
+    /// A plain HTTP endpoint on `host:port`.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self {
+            scheme: Scheme::Http,
             host: host.into(),
             port,
+        }
+    }
+
+    /// An HTTPS endpoint on `host:port`: the gateway speaks TLS to it and checks its
+    /// certificate against `host`.
+    pub fn https(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            scheme: Scheme::Https,
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// The endpoint's base URL, without a trailing slash (`https://abc-8080.proxy.runpod.net`,
+    /// `http://127.0.0.1:9000`); the port is left out when it is the scheme's default.
+    pub fn url(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == self.scheme.default_port() {
+            format!("{}://{host}", self.scheme.as_str())
+        } else {
+            format!("{}://{host}:{}", self.scheme.as_str(), self.port)
         }
     }
 }
@@ -98,11 +159,12 @@ impl From<std::net::SocketAddr> for Endpoint {
 }
 
 impl fmt::Display for Endpoint {
+    /// `host:port` for plain HTTP (as before schemes existed), the URL for HTTPS.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
+        match self.scheme {
+            Scheme::Https => f.write_str(&self.url()),
+            Scheme::Http if self.host.contains(':') => write!(f, "[{}]:{}", self.host, self.port),
+            Scheme::Http => write!(f, "{}:{}", self.host, self.port),
         }
     }
 }

@@ -9,6 +9,10 @@
 //! - [`Simulated`]: for tests, benchmarks and capacity planning. An instance is a real
 //!   in-process HTTP server on a loopback port that reports its id, with configurable boot
 //!   time, failures and crashes, deterministic under a seed and tokio's paused clock.
+//! - [`runpod`] (feature `runpod`) and [`glows`] (feature `glows`): GPU clouds driven over
+//!   their HTTP APIs, both built on [`remote`], the shared core (idempotent create, polling
+//!   with backoff, release until confirmed, reconcile by listing), so a further cloud is a
+//!   mapping of five calls, not a copy.
 //!
 //! # The registry: providers by name
 //!
@@ -35,10 +39,21 @@
 //! [`ProvidersConfig::tables`]. Its [`GpuProvider::validate_deployment`](autodeploy_core::GpuProvider::validate_deployment)
 //! should call the same check as its table's, so the API and `autodeploy check` agree.
 
+#[cfg(feature = "glows")]
+pub mod glows;
 pub mod local;
 pub mod registry;
+#[cfg(any(feature = "runpod", feature = "glows"))]
+pub mod remote;
+#[cfg(feature = "runpod")]
+pub mod runpod;
 pub mod simulated;
 
 pub use local::{Local, LocalConfig, LocalConfigError};
 pub use registry::{BuildContext, ProviderTable, Providers, ProvidersConfig, RegistryError};
 pub use simulated::{Simulated, SimulatedConfig, SimulatedConfigError};
+
+#[cfg(feature = "glows")]
+pub use glows::{GlowsConfig, GlowsProvider};
+#[cfg(feature = "runpod")]
+pub use runpod::{RunpodConfig, RunpodProvider};
