@@ -41,6 +41,13 @@ pub trait ProviderTable: fmt::Debug + Send + Sync {
     /// Builds the provider. Must not wait on the engine: a provider that talks to one connects
     /// on first use, so a gateway starts even while an engine is down.
     fn build(&self, context: &BuildContext) -> Result<Arc<dyn GpuProvider>, String>;
+
+    /// Whether the provider is configured at all. A provider that needs settings only its
+    /// user has (a cloud account) is enabled by its table's presence; a disabled one is not
+    /// built, and a deployment naming it is told which table to add.
+    fn enabled(&self) -> bool {
+        true
+    }
 }
 
 /// What the gateway passes to every provider it builds.
@@ -49,6 +56,10 @@ pub struct BuildContext {
     /// `[gateway] state_dir`: where providers that record their instances on disk keep them
     /// when their own table names no directory.
     pub state_dir: Option<PathBuf>,
+    /// `[gateway] upstream_ca_file`: extra CA certificates for instances with self-signed
+    /// certificates, for providers that probe instances over HTTPS and name no file of
+    /// their own.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The `[providers]` table: one optional sub-table per provider.
@@ -61,6 +72,14 @@ pub struct ProvidersConfig {
     /// `[providers.simulated]`: the simulated provider.
     #[serde(default)]
     pub simulated: SimulatedConfig,
+    /// `[providers.runpod]`: RunPod pods over the REST API (feature `runpod`); absent: off.
+    #[cfg(feature = "runpod")]
+    #[serde(default)]
+    pub runpod: Option<crate::runpod::RunpodConfig>,
+    /// `[providers.glows]`: Glows.ai instances over the SDK API (feature `glows`); absent: off.
+    #[cfg(feature = "glows")]
+    #[serde(default)]
+    pub glows: Option<crate::glows::GlowsConfig>,
 }
 
 /// A provider that could not be built from its table.
@@ -76,7 +95,14 @@ pub struct RegistryError {
 impl ProvidersConfig {
     /// Every provider this build knows, by name: the registration list.
     pub fn tables(&self) -> Vec<(&'static str, &dyn ProviderTable)> {
-        vec![("local", &self.local), ("simulated", &self.simulated)]
+        #[allow(unused_mut)]
+        let mut tables: Vec<(&'static str, &dyn ProviderTable)> =
+            vec![("local", &self.local), ("simulated", &self.simulated)];
+        #[cfg(feature = "runpod")]
+        tables.push(("runpod", &self.runpod));
+        #[cfg(feature = "glows")]
+        tables.push(("glows", &self.glows));
+        tables
     }
 
     /// The provider names a deployment may use.
@@ -107,6 +133,12 @@ impl ProvidersConfig {
             .into_iter()
             .find(|(name, _)| *name == deployment.provider)
         {
+            Some((name, table)) if !table.enabled() => vec![FieldError {
+                field: "provider".into(),
+                message: format!(
+                    "provider {name:?} is not configured: add a [providers.{name}] table"
+                ),
+            }],
             Some((_, table)) => table.validate_deployment(deployment),
             None => vec![FieldError {
                 field: "provider".into(),
@@ -123,6 +155,9 @@ impl ProvidersConfig {
     pub fn build(&self, context: &BuildContext) -> Result<Providers, RegistryError> {
         let mut providers = Providers::new();
         for (name, table) in self.tables() {
+            if !table.enabled() {
+                continue;
+            }
             let provider = table.build(context).map_err(|message| RegistryError {
                 name: name.to_owned(),
                 message,
@@ -216,7 +251,12 @@ mod tests {
         let config = ProvidersConfig::default();
         let providers = config.build(&BuildContext::default()).unwrap();
         let names: Vec<&str> = providers.keys().map(String::as_str).collect();
-        let mut expected = config.names();
+        let mut expected: Vec<&str> = config
+            .tables()
+            .into_iter()
+            .filter(|(_, table)| table.enabled())
+            .map(|(name, _)| name)
+            .collect();
         expected.sort_unstable();
         assert_eq!(names, expected);
         for (name, provider) in &providers {

@@ -52,6 +52,11 @@ pub struct GatewaySettings {
     /// Where providers record what they started, so a restarted gateway finds it.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Extra CA certificates (a PEM file) trusted for `https` instances, besides the webpki
+    /// roots: for instances with self-signed certificates. Cloud providers' readiness probes
+    /// trust it too unless their table names their own `ca_file`.
+    #[serde(default)]
+    pub upstream_ca_file: Option<PathBuf>,
     /// The largest request body forwarded, in bytes; 0 = unlimited.
     #[serde(default = "default_max_request_body")]
     pub max_request_body: u64,
@@ -101,6 +106,7 @@ impl Default for GatewaySettings {
             listen: default_listen(),
             admin_token: None,
             state_dir: None,
+            upstream_ca_file: None,
             max_request_body: default_max_request_body(),
             max_header_bytes: default_max_header_bytes(),
             header_read_timeout: default_header_read_timeout(),

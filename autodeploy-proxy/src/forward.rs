@@ -112,16 +112,22 @@ async fn forward_inner(
     } else {
         None
     };
-    // Upgrades (WebSocket) go over HTTP/1.1 whatever the deployment speaks.
-    let h2 = speaks_h2 && !upgrade;
+    let pool = shared.upstream.pool(lease.endpoint());
+    // Upgrades (WebSocket) go over HTTP/1.1 whatever the deployment speaks; an `https`
+    // instance speaks what it chose by ALPN.
+    let h2 = !upgrade
+        && (speaks_h2
+            || pool
+                .negotiated_h2()
+                .await
+                .map_err(|err| upstream_error(&err, lease.instance()))?);
     // gRPC needs `TE: trailers` end to end; HTTP/2 allows TE with exactly that value.
     let te_trailers = h2 && asks_for_trailers(&parts.headers);
     prepare_upstream(&mut parts.headers, client, upgrade);
-    let pool = shared.upstream.pool(lease.endpoint());
     if h2 {
         // HTTP/2 carries the instance's address as `:authority`, from an absolute URI.
         parts.uri = Uri::builder()
-            .scheme("http")
+            .scheme(pool.scheme())
             .authority(pool.host().as_bytes())
             .path_and_query(if path_and_query.is_empty() {
                 "/"

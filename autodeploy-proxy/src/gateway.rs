@@ -144,6 +144,9 @@ pub enum BuildError {
     /// The deployments kept from the management API could not be read or added.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The TLS settings for `https` instances (`upstream_ca_file`) could not be used.
+    #[error("{0}")]
+    Tls(String),
     /// A dedicated listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -206,6 +209,8 @@ impl GatewayBuilder {
     /// kept in the API store), releases instances an earlier run left behind
     /// (reconciliation), and binds dedicated listeners.
     pub async fn build(self) -> Result<Gateway, BuildError> {
+        let tls = crate::tls::UpstreamTls::new(self.settings.upstream_ca_file.as_deref())
+            .map_err(BuildError::Tls)?;
         let store = self.store.map(|path| {
             let file_owned = self.deployments.iter().map(|d| d.id.clone()).collect();
             Store::new(path, file_owned)
@@ -216,7 +221,7 @@ impl GatewayBuilder {
             shared: Arc::new(Shared {
                 deployments: RwLock::new(BTreeMap::new()),
                 providers: self.providers,
-                upstream: Upstream::default(),
+                upstream: Upstream::new(tls),
                 metrics,
                 events: events.clone(),
                 settings: self.settings,
@@ -277,6 +282,7 @@ impl Gateway {
         let mut builder = Self::builder().settings(config.gateway.clone());
         let context = autodeploy_provider::BuildContext {
             state_dir: config.gateway.state_dir.clone(),
+            ca_file: config.gateway.upstream_ca_file.clone(),
         };
         let providers = config
             .providers

@@ -37,6 +37,7 @@ pub mod problems;
 mod respond;
 pub mod server;
 mod store;
+pub mod tls;
 mod ui;
 mod upstream;
 

@@ -4,6 +4,10 @@
 //!
 //! A request is only ever sent again when hyper hands it back unsent (a stale idle
 //! connection); a request whose bytes may have reached the instance is never resent.
+//!
+//! An `https` endpoint gets the same pools over TLS ([`crate::tls`]): the first connection
+//! offers `h2` and `http/1.1` by ALPN and the instance's choice is kept for the endpoint;
+//! an upgrade (WebSocket) always asks for `http/1.1`.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -12,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use autodeploy_core::Endpoint;
+use autodeploy_core::{Endpoint, Scheme};
 use axum::body::Body;
 use http::header::HeaderValue;
 use http::{Request, Response};
@@ -21,6 +25,9 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::tls::{ALPN_H2, UpstreamTls};
 
 /// How long an idle connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -40,10 +47,23 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 type Pools = Mutex<HashMap<usize, Arc<EndpointPool>, BuildHasherDefault<AddressHasher>>>;
 
 /// The gateway's connections to instances.
-#[derive(Default)]
 pub(crate) struct Upstream {
     pools: Arc<Pools>,
     sweeping: AtomicBool,
+    tls: UpstreamTls,
+}
+
+/// A connection to an instance: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// What a new TLS connection offers by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    /// `h2` and `http/1.1`.
+    Either,
+    /// `http/1.1` only.
+    Http11,
 }
 
 /// The idle connections to one endpoint.
@@ -56,6 +76,11 @@ pub(crate) struct EndpointPool {
     /// request (one connection multiplexes them); replaced when it closes. The async lock
     /// makes concurrent first requests wait for one handshake instead of opening many.
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    /// TLS settings for an `https` endpoint.
+    tls: UpstreamTls,
+    /// For an `https` endpoint, whether the instance chose HTTP/2 by ALPN (`None` until the
+    /// first connection).
+    alpn_h2: Mutex<Option<bool>>,
 }
 
 struct Idle {
@@ -74,9 +99,22 @@ pub(crate) enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error("request failed")]
     Send(#[source] hyper::Error),
+    #[error("TLS handshake with {0} failed")]
+    Tls(String, #[source] std::io::Error),
+    #[error("{0} did not agree to HTTP/2 by ALPN")]
+    NoH2(String),
 }
 
 impl Upstream {
+    /// No connections yet; `https` endpoints are reached with `tls`.
+    pub(crate) fn new(tls: UpstreamTls) -> Self {
+        Self {
+            pools: Arc::default(),
+            sweeping: AtomicBool::new(false),
+            tls,
+        }
+    }
+
     /// The pool of `endpoint`: one lock and one multiply-shift hash of an address.
     pub(crate) fn pool(&self, endpoint: &Arc<Endpoint>) -> Arc<EndpointPool> {
         let key = Arc::as_ptr(endpoint) as usize;
@@ -84,7 +122,7 @@ impl Upstream {
         if let Some(pool) = pools.get(&key) {
             return pool.clone();
         }
-        let pool = Arc::new(EndpointPool::new(endpoint.clone()));
+        let pool = Arc::new(EndpointPool::new(endpoint.clone(), self.tls.clone()));
         pools.insert(key, pool.clone());
         drop(pools);
         if !self.sweeping.swap(true, Ordering::Relaxed) {
@@ -118,7 +156,7 @@ async fn sweep(pools: Weak<Pools>) {
 }
 
 impl EndpointPool {
-    fn new(endpoint: Arc<Endpoint>) -> Self {
+    fn new(endpoint: Arc<Endpoint>, tls: UpstreamTls) -> Self {
         let mut host = String::with_capacity(endpoint.host.len() + 8);
         if endpoint.host.contains(':') {
             host.push('[');
@@ -127,8 +165,8 @@ impl EndpointPool {
         } else {
             host.push_str(&endpoint.host);
         }
-        // As a URI's authority would give it: no port when it is HTTP's default.
-        if endpoint.port != 80 {
+        // As a URI's authority would give it: no port when it is the scheme's default.
+        if endpoint.port != endpoint.scheme.default_port() {
             host.push(':');
             host.push_str(itoa::Buffer::new().format(endpoint.port));
         }
@@ -139,7 +177,40 @@ impl EndpointPool {
             host,
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
+            tls,
+            alpn_h2: Mutex::new(None),
         }
+    }
+
+    /// `"http"` or `"https"`, for an absolute URI.
+    pub(crate) fn scheme(&self) -> &'static str {
+        self.endpoint.scheme.as_str()
+    }
+
+    /// Whether requests to this endpoint go over HTTP/2 because the instance chose it by
+    /// ALPN: never for plain `http` (there `h2c` is the deployment's setting); for `https`,
+    /// what the first connection negotiated (opening it now if there is none yet, and
+    /// keeping it for the request that follows).
+    pub(crate) async fn negotiated_h2(&self) -> Result<bool, UpstreamError> {
+        if self.endpoint.scheme == Scheme::Http {
+            return Ok(false);
+        }
+        if let Some(h2) = *self.alpn_h2.lock() {
+            return Ok(h2);
+        }
+        let mut slot = self.h2.lock().await;
+        if let Some(h2) = *self.alpn_h2.lock() {
+            return Ok(h2);
+        }
+        let (stream, h2) = self.open(Offer::Either).await?;
+        if h2 {
+            *slot = Some(self.h2_handshake(stream).await?);
+        } else {
+            let sender = self.h1_handshake(stream).await?;
+            self.keep(sender);
+        }
+        *self.alpn_h2.lock() = Some(h2);
+        Ok(h2)
     }
 
     /// The `Host` header value for this endpoint.
@@ -218,7 +289,19 @@ impl EndpointPool {
         {
             return Ok(sender.clone());
         }
-        let stream = self.open().await?;
+        let (stream, h2) = self.open(Offer::Either).await?;
+        if self.endpoint.scheme == Scheme::Https && !h2 {
+            return Err(UpstreamError::NoH2(self.endpoint.to_string()));
+        }
+        let sender = self.h2_handshake(stream).await?;
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn h2_handshake(
+        &self,
+        stream: Box<dyn Io>,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -231,23 +314,47 @@ impl EndpointPool {
                 tracing::debug!(%err, "upstream HTTP/2 connection ended");
             }
         });
-        *slot = Some(sender.clone());
         Ok(sender)
     }
 
-    /// A new TCP connection to the endpoint, without Nagle's delay.
-    async fn open(&self) -> Result<tokio::net::TcpStream, UpstreamError> {
+    /// A new connection to the endpoint, without Nagle's delay: TCP, and TLS over it for
+    /// `https` (certificate checked against the host) offering `offer`. Returns whether
+    /// ALPN chose HTTP/2.
+    async fn open(&self, offer: Offer) -> Result<(Box<dyn Io>, bool), UpstreamError> {
         let addr = (self.endpoint.host.as_str(), self.endpoint.port);
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(CONNECT_TIMEOUT))?
             .map_err(UpstreamError::Connect)?;
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
-        Ok(stream)
+        if self.endpoint.scheme == Scheme::Http {
+            return Ok((Box::new(stream), false));
+        }
+        let config = match offer {
+            Offer::Either => self.tls.either.clone(),
+            Offer::Http11 => self.tls.http11.clone(),
+        };
+        let tls_error = |e| UpstreamError::Tls(self.endpoint.to_string(), e);
+        let name = rustls::pki_types::ServerName::try_from(self.endpoint.host.clone())
+            .map_err(|e| tls_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(config).connect(name, stream),
+        )
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout(CONNECT_TIMEOUT))?
+        .map_err(tls_error)?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+        Ok((Box::new(tls), h2))
     }
 
     async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
-        let stream = self.open().await?;
+        // An HTTP/1.1 connection asks for nothing else, even of an instance that prefers h2.
+        let (stream, _) = self.open(Offer::Http11).await?;
+        self.h1_handshake(stream).await
+    }
+
+    async fn h1_handshake(&self, stream: Box<dyn Io>) -> Result<SendRequest<Body>, UpstreamError> {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Handshake)?;
@@ -326,8 +433,18 @@ mod tests {
             ("::1", 65535, "[::1]:65535"),
             ("gpu-7", 9, "gpu-7:9"),
         ] {
-            let pool = EndpointPool::new(Arc::new(Endpoint::new(host, port)));
+            let tls = UpstreamTls::new(None).unwrap();
+            let pool = EndpointPool::new(Arc::new(Endpoint::new(host, port)), tls);
             assert_eq!(pool.host(), expected);
         }
+        let tls = UpstreamTls::new(None).unwrap();
+        let https = EndpointPool::new(
+            Arc::new(Endpoint::https("abc-8080.proxy.runpod.net", 443)),
+            tls.clone(),
+        );
+        assert_eq!(https.host(), "abc-8080.proxy.runpod.net");
+        assert_eq!(https.scheme(), "https");
+        let https = EndpointPool::new(Arc::new(Endpoint::https("tw-07.sgw.glows.ai", 20017)), tls);
+        assert_eq!(https.host(), "tw-07.sgw.glows.ai:20017");
     }
 }

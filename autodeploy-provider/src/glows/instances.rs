@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use autodeploy_core::{Endpoint, InstanceSpec};
+use autodeploy_core::{DeployConfig, Endpoint, FieldError, InstanceSpec};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -220,6 +220,43 @@ fn endpoint_of(url: &str) -> Option<Endpoint> {
     }
 }
 
+/// What a Glows deployment needs: an image or a snapshot (not both), a GPU name, and an
+/// environment the `"A=1;B=2"` format can carry.
+pub(super) fn validate_deployment(deployment: &DeployConfig) -> Vec<FieldError> {
+    let mut out = remote::require_gpu(
+        deployment,
+        "Glows GPU name, e.g. \"NVIDIA GeForce RTX 4090\"",
+    );
+    let image = deployment
+        .image
+        .as_deref()
+        .is_some_and(|i| !i.trim().is_empty());
+    let snapshot = deployment
+        .snapshot
+        .as_deref()
+        .is_some_and(|s| !s.trim().is_empty());
+    match (image, snapshot) {
+        (false, false) => out.push(remote::field_error(
+            "image",
+            "an image id (from_image_id) or a snapshot id (from_snap_id) is required",
+        )),
+        (true, true) => out.push(remote::field_error(
+            "snapshot",
+            "set an image or a snapshot, not both",
+        )),
+        _ => {}
+    }
+    for (key, value) in &deployment.env {
+        if value.contains(';') || key.contains(';') {
+            out.push(remote::field_error(
+                &format!("env.{key}"),
+                "Glows passes the environment as \"A=1;B=2\": no `;` in names or values",
+            ));
+        }
+    }
+    out
+}
+
 /// Messages Glows answers a create with when no machine fits (matched loosely).
 fn is_capacity(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
@@ -239,6 +276,10 @@ fn is_capacity(message: &str) -> bool {
 impl Cloud for Glows {
     fn name(&self) -> &'static str {
         "glows"
+    }
+
+    fn validate_deployment(&self, deployment: &DeployConfig) -> Vec<FieldError> {
+        validate_deployment(deployment)
     }
 
     /// `{owner}.{deployment}.{instance}`, the deployment cut so the key fits 64 characters

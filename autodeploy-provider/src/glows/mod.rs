@@ -20,6 +20,11 @@
 mod config;
 mod instances;
 
+use std::sync::Arc;
+
+use autodeploy_core::{DeployConfig, FieldError, GpuProvider};
+
+use crate::registry::{BuildContext, ProviderTable};
 use crate::remote::Remote;
 
 pub use config::{GLOWS_API_BASE, GlowsConfig};
@@ -33,4 +38,33 @@ pub type GlowsProvider = Remote<Glows>;
 pub fn provider(config: GlowsConfig) -> Result<GlowsProvider, String> {
     let settings = config.settings();
     Remote::from_env(Glows::new(config), settings)
+}
+
+impl ProviderTable for Option<GlowsConfig> {
+    fn validate(&self) -> Vec<FieldError> {
+        let Some(config) = self else {
+            return Vec::new();
+        };
+        config
+            .problems()
+            .into_iter()
+            .map(|(field, message)| crate::remote::field_error(field, message))
+            .collect()
+    }
+
+    fn validate_deployment(&self, deployment: &DeployConfig) -> Vec<FieldError> {
+        instances::validate_deployment(deployment)
+    }
+
+    fn build(&self, context: &BuildContext) -> Result<Arc<dyn GpuProvider>, String> {
+        let mut config = self.clone().unwrap_or_default();
+        if config.ca_file.is_none() {
+            config.ca_file.clone_from(&context.ca_file);
+        }
+        Ok(Arc::new(provider(config)?))
+    }
+
+    fn enabled(&self) -> bool {
+        self.is_some()
+    }
 }

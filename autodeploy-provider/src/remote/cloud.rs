@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
-use autodeploy_core::{Endpoint, InstanceSpec};
+use autodeploy_core::{DeployConfig, Endpoint, FieldError, InstanceSpec};
 
 use super::api::{ApiClient, ApiError};
 
@@ -45,6 +45,11 @@ pub struct CloudInstance {
 pub trait Cloud: Send + Sync + fmt::Debug + 'static {
     /// The provider's name (`"runpod"`), for logs, metrics and messages.
     fn name(&self) -> &'static str;
+
+    /// What this cloud requires of a deployment (an image, a GPU kind), fields named
+    /// relative to the deployment. The provider and its config table both answer with it,
+    /// so the management API and `autodeploy check` agree.
+    fn validate_deployment(&self, deployment: &DeployConfig) -> Vec<FieldError>;
 
     /// The idempotency key of the instance `spec` describes: derived from owner, deployment
     /// and instance id only, so a retried create computes the same one.

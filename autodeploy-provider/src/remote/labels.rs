@@ -55,3 +55,26 @@ pub(crate) fn identity(labels: &BTreeMap<String, String>) -> Option<(InstanceId,
     let deployment = labels.get(LABEL_DEPLOYMENT)?.clone();
     Some((id, deployment))
 }
+
+/// A problem with a deployment's `field`.
+pub(crate) fn field_error(field: &str, message: impl Into<String>) -> autodeploy_core::FieldError {
+    autodeploy_core::FieldError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The problems every cloud shares: a GPU kind and at least one GPU.
+pub(crate) fn require_gpu(
+    deployment: &autodeploy_core::DeployConfig,
+    what: &str,
+) -> Vec<autodeploy_core::FieldError> {
+    let mut out = Vec::new();
+    if deployment.gpu.kind.trim().is_empty() {
+        out.push(field_error("gpu.kind", format!("is required: the {what}")));
+    }
+    if deployment.gpu.count == 0 {
+        out.push(field_error("gpu.count", "must be at least 1"));
+    }
+    out
+}

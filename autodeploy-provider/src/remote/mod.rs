@@ -51,8 +51,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use autodeploy_core::{
-    Endpoint, ExitReport, GpuProvider, InstanceId, InstanceSpec, ProvidedInstance, ProviderError,
-    ReadinessProbe, UpstreamProtocol,
+    DeployConfig, Endpoint, ExitReport, FieldError, GpuProvider, InstanceId, InstanceSpec,
+    ProvidedInstance, ProviderError, ReadinessProbe, UpstreamProtocol,
 };
 
 pub use api::{ApiClient, ApiError, ApiKey, Retry};
@@ -61,6 +61,7 @@ pub use settings::RemoteSettings;
 
 pub(crate) use api::{excerpt, query_value};
 pub(crate) use labels::{environment, from_environment, owner};
+pub(crate) use labels::{field_error, require_gpu};
 
 /// How many notes (states seen, errors) an instance keeps for its failure messages.
 const NOTES: usize = 20;
@@ -233,6 +234,14 @@ impl<C: Cloud> GpuProvider for Remote<C> {
                     == Some(&deployment.to_owned())
             })
             .collect())
+    }
+
+    async fn list_owned(&self) -> Result<Vec<ProvidedInstance>, ProviderError> {
+        self.list_all().await
+    }
+
+    fn validate_deployment(&self, config: &DeployConfig) -> Vec<FieldError> {
+        self.cloud.validate_deployment(config)
     }
 
     async fn wait_exit(&self, id: InstanceId) -> ExitReport {

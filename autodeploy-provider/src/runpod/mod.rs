@@ -18,6 +18,11 @@
 mod config;
 mod pods;
 
+use std::sync::Arc;
+
+use autodeploy_core::{DeployConfig, FieldError, GpuProvider};
+
+use crate::registry::{BuildContext, ProviderTable};
 use crate::remote::Remote;
 
 pub use config::{RUNPOD_API_BASE, RunpodAccess, RunpodConfig};
@@ -31,4 +36,33 @@ pub type RunpodProvider = Remote<Runpod>;
 pub fn provider(config: RunpodConfig) -> Result<RunpodProvider, String> {
     let settings = config.settings();
     Remote::from_env(Runpod::new(config), settings)
+}
+
+impl ProviderTable for Option<RunpodConfig> {
+    fn validate(&self) -> Vec<FieldError> {
+        let Some(config) = self else {
+            return Vec::new();
+        };
+        config
+            .problems()
+            .into_iter()
+            .map(|(field, message)| crate::remote::field_error(field, message))
+            .collect()
+    }
+
+    fn validate_deployment(&self, deployment: &DeployConfig) -> Vec<FieldError> {
+        pods::validate_deployment(deployment)
+    }
+
+    fn build(&self, context: &BuildContext) -> Result<Arc<dyn GpuProvider>, String> {
+        let mut config = self.clone().unwrap_or_default();
+        if config.ca_file.is_none() {
+            config.ca_file.clone_from(&context.ca_file);
+        }
+        Ok(Arc::new(provider(config)?))
+    }
+
+    fn enabled(&self) -> bool {
+        self.is_some()
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use autodeploy_core::{Endpoint, InstanceSpec};
+use autodeploy_core::{DeployConfig, Endpoint, FieldError, InstanceSpec};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -159,6 +159,31 @@ fn decode<T: serde::de::DeserializeOwned>(api: &ApiClient, body: &[u8]) -> Resul
     })
 }
 
+/// What a RunPod deployment needs: an image (RunPod has no snapshots) and a GPU type id.
+pub(super) fn validate_deployment(deployment: &DeployConfig) -> Vec<FieldError> {
+    let mut out = remote::require_gpu(
+        deployment,
+        "RunPod GPU type id, e.g. \"NVIDIA GeForce RTX 4090\"",
+    );
+    if deployment
+        .image
+        .as_deref()
+        .is_none_or(|i| i.trim().is_empty())
+    {
+        out.push(remote::field_error(
+            "image",
+            "is required: the container image the pod runs",
+        ));
+    }
+    if deployment.snapshot.is_some() {
+        out.push(remote::field_error(
+            "snapshot",
+            "RunPod pods boot from an image, not a snapshot",
+        ));
+    }
+    out
+}
+
 /// Messages RunPod answers a create with when no machine fits (matched loosely).
 fn is_capacity(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
@@ -177,6 +202,10 @@ fn is_capacity(message: &str) -> bool {
 impl Cloud for Runpod {
     fn name(&self) -> &'static str {
         "runpod"
+    }
+
+    fn validate_deployment(&self, deployment: &DeployConfig) -> Vec<FieldError> {
+        validate_deployment(deployment)
     }
 
     fn key(&self, spec: &InstanceSpec) -> String {
