@@ -441,4 +441,72 @@ mod tests {
         let err = GatewayConfig::parse("[gateway]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.contains("listen_addr"), "{err}");
     }
+
+    #[test]
+    fn cloud_tables_and_their_deployments_are_checked() {
+        let config = GatewayConfig::parse(
+            r#"
+            [providers.runpod]
+            api_key_env = "not a variable"
+            cloud_type = "CHEAP"
+            access = "tcp"
+
+            [providers.glows]
+            api_base = "ftp://a.glows.ai"
+
+            [[deployment]]
+            id = "pod"
+            provider = "runpod"
+            snapshot = "snap-1"
+            idle_retention = "1m"
+            max_instances = 1
+
+            [[deployment]]
+            id = "glows"
+            provider = "glows"
+            image = "img-1"
+            gpu = { kind = "NVIDIA GeForce RTX 4090", count = 1 }
+            env = { BAD = "a;b" }
+            idle_retention = "1m"
+            max_instances = 1
+            "#,
+        )
+        .unwrap();
+        let fields: Vec<String> = config
+            .validate()
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        for expected in [
+            "deployment[0].gpu.kind",
+            "deployment[0].image",
+            "deployment[0].snapshot",
+            "deployment[1].env.BAD",
+            "providers.runpod.api_key_env",
+            "providers.runpod.cloud_type",
+            "providers.glows.api_base",
+            "providers.glows.region_name",
+        ] {
+            assert!(fields.iter().any(|f| f == expected), "{expected} missing from {fields:?}");
+        }
+
+        let config = GatewayConfig::parse(
+            r#"
+            [[deployment]]
+            id = "pod"
+            provider = "runpod"
+            image = "python:3.12"
+            gpu = { kind = "NVIDIA GeForce RTX 4090", count = 1 }
+            idle_retention = "1m"
+            max_instances = 1
+            "#,
+        )
+        .unwrap();
+        let errors = config.validate().unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].field, "deployment[0].provider");
+        assert!(errors.0[0].message.contains("[providers.runpod]"), "{errors}");
+    }
 }
