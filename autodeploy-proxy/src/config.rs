@@ -199,7 +199,8 @@ impl GatewayConfig {
 
     /// Makes the file's relative paths relative to `dir` (the file's folder), as most tools
     /// do, so the configuration means the same from any working directory: `state_dir`,
-    /// `providers.local.state_dir` and each deployment's `workdir` are joined to it, and
+    /// `upstream_ca_file`, `providers.local.state_dir`, the clouds' `ca_file` and each
+    /// deployment's `workdir` are joined to it, and
     /// `{config_dir}` in a `start_command` becomes it (shell-quoted when it needs quoting).
     pub fn resolve_paths(&mut self, dir: &Path) {
         let join = |p: &mut Option<PathBuf>| {
@@ -210,7 +211,16 @@ impl GatewayConfig {
             }
         };
         join(&mut self.gateway.state_dir);
+        join(&mut self.gateway.upstream_ca_file);
         join(&mut self.providers.local.state_dir);
+        #[cfg(feature = "runpod")]
+        if let Some(runpod) = &mut self.providers.runpod {
+            join(&mut runpod.ca_file);
+        }
+        #[cfg(feature = "glows")]
+        if let Some(glows) = &mut self.providers.glows {
+            join(&mut glows.ca_file);
+        }
         let quoted = shell_quote(&dir.to_string_lossy());
         for deployment in &mut self.deployments {
             join(&mut deployment.workdir);
@@ -489,7 +499,10 @@ mod tests {
             "providers.glows.api_base",
             "providers.glows.region_name",
         ] {
-            assert!(fields.iter().any(|f| f == expected), "{expected} missing from {fields:?}");
+            assert!(
+                fields.iter().any(|f| f == expected),
+                "{expected} missing from {fields:?}"
+            );
         }
 
         let config = GatewayConfig::parse(
@@ -507,6 +520,9 @@ mod tests {
         let errors = config.validate().unwrap_err();
         assert_eq!(errors.0.len(), 1, "{errors}");
         assert_eq!(errors.0[0].field, "deployment[0].provider");
-        assert!(errors.0[0].message.contains("[providers.runpod]"), "{errors}");
+        assert!(
+            errors.0[0].message.contains("[providers.runpod]"),
+            "{errors}"
+        );
     }
 }
