@@ -189,11 +189,14 @@ async fn an_idle_instance_is_released_and_the_status_returns_to_standby() {
     )
     .await;
     let controller = gw.controller("tts");
+    // Built before the clock that matters starts: building a client (TLS roots included)
+    // can take longer than the 400 ms retention on a loaded machine.
+    let http = client();
     assert_eq!(controller.status(), DeploymentStatus::Standby);
     let (status, _, _) = get(&gw.url("/d/tts/"), None).await;
     assert_eq!(status, 200);
     assert_eq!(controller.status(), DeploymentStatus::Running);
-    let api: Value = client()
+    let api: Value = http
         .get(gw.url("/api/v1/deployments"))
         .send()
         .await
