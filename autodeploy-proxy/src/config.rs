@@ -453,6 +453,17 @@ mod tests {
     }
 
     #[test]
+    fn the_cloud_example_configs_are_valid() {
+        for file in ["runpod.toml", "glows.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples")
+                .join(file);
+            let config = GatewayConfig::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(config.deployments.len(), 1, "{file}");
+        }
+    }
+
+    #[test]
     fn cloud_tables_and_their_deployments_are_checked() {
         let config = GatewayConfig::parse(
             r#"

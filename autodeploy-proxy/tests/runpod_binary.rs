@@ -2,7 +2,8 @@
 //! (autodeploy-provider's test support): the seed's walkthrough 2 end to end (scale-out to
 //! the cap, 1007, random and round-robin over both pods, an instance id pinning one, 1006),
 //! exactly one create per pod and one delete per release, a restart after SIGKILL that
-//! releases what the killed gateway left, and the API key in no log line, answer or metric.
+//! releases what the killed gateway left, a pod the cloud ends released and replaced at the
+//! next request, and the API key in no log line, answer or metric.
 
 #[path = "../../autodeploy-provider/tests/support/cloud/mod.rs"]
 mod cloud;
@@ -242,4 +243,30 @@ async fn a_restart_after_sigkill_releases_the_pods_the_killed_gateway_left() {
     // The deployment still serves, from a new pod.
     assert_eq!(get(&link, None).await.0, 200);
     assert_eq!(fake.created(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_the_cloud_ends_is_released_and_the_next_request_gets_a_new_one() {
+    let fake = fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = write_config(dir.path(), port, &fake);
+    let _gateway = spawn(&config, &dir.path().join("gateway.log"));
+    wait_serving(&base).await;
+    let link = format!("{base}/d/files/");
+    let (status, first, _) = get(&link, None).await;
+    assert_eq!(status, 200);
+    let pod = fake.live().pop().expect("one pod");
+
+    // The "container" dies; the cloud reports the pod EXITED.
+    fake.kill(&pod).await;
+    eventually("the gateway notices the death and deletes the pod", || {
+        fake.calls(DELETE) == 1
+    })
+    .await;
+    let (status, second, _) = get(&link, None).await;
+    assert_eq!(status, 200, "the next request is served");
+    assert_ne!(first, second, "by a new instance");
+    assert_eq!(fake.created(), 2, "{:?}", fake.log());
 }

@@ -132,7 +132,7 @@ impl ApiClient {
             .user_agent(concat!("autodeploy/", env!("CARGO_PKG_VERSION")))
             .no_proxy()
             .build()
-            .map_err(|e| format!("{cloud}: cannot build the HTTP client: {e}"))?;
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             cloud,
             base: settings.api_base.trim_end_matches('/').to_owned(),

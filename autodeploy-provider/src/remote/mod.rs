@@ -158,18 +158,17 @@ impl<C: Cloud> Remote<C> {
     /// A provider for `cloud` with `settings`, the key read from the environment variable
     /// `settings.api_key_env`.
     pub fn from_env(cloud: C, settings: RemoteSettings) -> Result<Self, String> {
-        let key = ApiKey::from_env(&settings.api_key_env)
-            .map_err(|e| format!("{}: {e}", cloud.name()))?;
+        let key = ApiKey::from_env(&settings.api_key_env)?;
         Self::new(cloud, settings, key)
     }
 
     /// A provider for `cloud` with `settings` and `key`.
     pub fn new(cloud: C, settings: RemoteSettings, key: ApiKey) -> Result<Self, String> {
         if let Some((field, problem)) = settings.problems().into_iter().next() {
-            return Err(format!("{}: {field}: {problem}", cloud.name()));
+            return Err(format!("{field}: {problem}"));
         }
         let api = ApiClient::new(cloud.name(), &settings, key)?;
-        let probe = readiness::client(&settings).map_err(|e| format!("{}: {e}", cloud.name()))?;
+        let probe = readiness::client(&settings)?;
         Ok(Self {
             cloud,
             api,
