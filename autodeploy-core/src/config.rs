@@ -88,6 +88,41 @@ pub struct DeployConfig {
     /// (HTTP/2 over plain TCP, for gRPC services such as Triton's).
     #[serde(default)]
     pub upstream: UpstreamProtocol,
+    /// The most instances that may be starting at once when the backlog asks for more (for
+    /// clouds that rate-limit creates); 0 (the default) = no limit: a burst starts every
+    /// instance it needs at once.
+    #[serde(default)]
+    pub scale_out_step: u32,
+    /// Release an instance that is still starting once the backlog no longer needs it (every
+    /// request it was started for has gone and no other waits for it), instead of keeping it
+    /// until it idles out. Default false.
+    #[serde(default)]
+    pub cancel_unwanted_starts: bool,
+    /// A limit on this deployment's running hourly rate (the sum of `price_per_hour` of its
+    /// live instances): a start that would exceed it is refused (code 1021). None = no limit.
+    #[serde(default)]
+    pub budget: Option<BudgetLimit>,
+}
+
+/// A spending limit: `budget = { max_per_hour = 4.0 }`, on a deployment or for the whole
+/// gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetLimit {
+    /// The highest running hourly rate allowed, in the currency of `price_per_hour`: the sum
+    /// of `price_per_hour` of every live instance (starting, ready, draining or releasing).
+    pub max_per_hour: f64,
+}
+
+impl BudgetLimit {
+    /// Checks that the limit is a finite number > 0; the message names no field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_per_hour.is_finite() && self.max_per_hour > 0.0 {
+            Ok(())
+        } else {
+            Err("must be a finite number > 0".to_owned())
+        }
+    }
 }
 
 /// The HTTP version spoken to a deployment's instances.
@@ -271,6 +306,9 @@ impl DeployConfig {
             listen: None,
             access_keys: Vec::new(),
             upstream: UpstreamProtocol::Http1,
+            scale_out_step: 0,
+            cancel_unwanted_starts: false,
+            budget: None,
         }
     }
 
@@ -352,6 +390,27 @@ impl DeployConfig {
         }
         if !self.price_per_hour.is_finite() || self.price_per_hour < 0.0 {
             fail("price_per_hour", "must be a finite number ≥ 0".to_owned());
+        }
+        if let Some(budget) = &self.budget {
+            if let Err(message) = budget.check() {
+                fail("budget.max_per_hour", message);
+            } else if self.price_per_hour > budget.max_per_hour {
+                fail(
+                    "budget.max_per_hour",
+                    format!(
+                        "is below price_per_hour ({} < {}): no instance could ever start",
+                        budget.max_per_hour, self.price_per_hour
+                    ),
+                );
+            } else if f64::from(self.min_instances) * self.price_per_hour > budget.max_per_hour {
+                fail(
+                    "budget.max_per_hour",
+                    format!(
+                        "cannot pay for the warm pool ({} × {} > {})",
+                        self.min_instances, self.price_per_hour, budget.max_per_hour
+                    ),
+                );
+            }
         }
         for (i, key) in self.access_keys.iter().enumerate() {
             // Never echo a key in an error: errors are logged and answered.

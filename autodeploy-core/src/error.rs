@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -54,11 +55,15 @@ pub enum ErrorCode {
     Internal,
     /// 1020, 429: this client asked for `scale-out` too often (new instances cost money).
     ScaleOutRateLimited,
+    /// 1021, 429 or 503: `budget exceeded`: starting one more instance would put the running
+    /// hourly rate over the deployment's or the gateway's budget. 429 with `Retry-After` when
+    /// an instance is due for release (room will come), 503 when none is.
+    BudgetExceeded,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order (for documentation and tests).
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::DeploymentNotFound,
@@ -80,6 +85,7 @@ impl ErrorCode {
         ErrorCode::UpstreamTimedOut,
         ErrorCode::Internal,
         ErrorCode::ScaleOutRateLimited,
+        ErrorCode::BudgetExceeded,
     ];
 
     /// The stable number in the JSON body.
@@ -106,6 +112,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTimedOut => 1018,
             ErrorCode::Internal => 1019,
             ErrorCode::ScaleOutRateLimited => 1020,
+            ErrorCode::BudgetExceeded => 1021,
         }
     }
 
@@ -133,10 +140,12 @@ impl ErrorCode {
             ErrorCode::UpstreamTimedOut => "instance did not answer in time",
             ErrorCode::Internal => "internal error",
             ErrorCode::ScaleOutRateLimited => "scale-out rate limit exceeded",
+            ErrorCode::BudgetExceeded => "budget exceeded",
         }
     }
 
-    /// The HTTP status the gateway answers with.
+    /// The HTTP status the gateway answers with. For 1021 this is 503, the status without a
+    /// `Retry-After`; [`GatewayError::http_status`] answers 429 when it carries one.
     pub const fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
@@ -152,7 +161,10 @@ impl ErrorCode {
             ErrorCode::HeadersTooLarge => 431,
             ErrorCode::Internal => 500,
             ErrorCode::InstanceStartFailed | ErrorCode::UpstreamFailed => 502,
-            ErrorCode::QueueFull | ErrorCode::NoCapacity | ErrorCode::ShuttingDown => 503,
+            ErrorCode::QueueFull
+            | ErrorCode::NoCapacity
+            | ErrorCode::ShuttingDown
+            | ErrorCode::BudgetExceeded => 503,
             ErrorCode::InstanceStartTimedOut
             | ErrorCode::QueueTimedOut
             | ErrorCode::UpstreamTimedOut => 504,
@@ -178,6 +190,9 @@ pub struct GatewayError {
     pub code: ErrorCode,
     /// The message sent to the client.
     pub msg: Cow<'static, str>,
+    /// When the client may usefully try again, sent as `Retry-After` (whole seconds, at
+    /// least 1). Set for 1021 when an instance is due for release.
+    pub retry_after: Option<Duration>,
 }
 
 impl GatewayError {
@@ -186,6 +201,7 @@ impl GatewayError {
         Self {
             code,
             msg: Cow::Borrowed(code.message()),
+            retry_after: None,
         }
     }
 
@@ -197,13 +213,32 @@ impl GatewayError {
             _ => Self {
                 code,
                 msg: Cow::Owned(format!("{}: {detail}", code.message())),
+                retry_after: None,
             },
         }
     }
 
-    /// The HTTP status to answer with.
+    /// The same error, telling the client to try again after `after`.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// The `Retry-After` value in whole seconds (rounded up, at least 1), if there is one.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after.map(|d| {
+            let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            whole.max(1)
+        })
+    }
+
+    /// The HTTP status to answer with: the code's, except 1021 with a `Retry-After`, which is
+    /// 429 (room will come) rather than 503.
     pub fn http_status(&self) -> u16 {
-        self.code.http_status()
+        match self.code {
+            ErrorCode::BudgetExceeded if self.retry_after.is_some() => 429,
+            code => code.http_status(),
+        }
     }
 
     /// The JSON body, exactly `{"code": N, "msg": "..."}` (the product's spacing).
@@ -258,6 +293,22 @@ mod tests {
             GatewayError::with_detail(ErrorCode::ReplicaQuotaExceeded, "2 of 2").to_json(),
             r#"{"code": 1007, "msg": "deployment replica quota exceeded"}"#
         );
+    }
+
+    #[test]
+    fn budget_exceeded_is_429_with_a_retry_after_else_503() {
+        let bare = GatewayError::new(ErrorCode::BudgetExceeded);
+        assert_eq!(
+            bare.to_json(),
+            r#"{"code": 1021, "msg": "budget exceeded"}"#
+        );
+        assert_eq!(bare.http_status(), 503);
+        assert_eq!(bare.retry_after_secs(), None);
+        let later = bare.retry_after(Duration::from_millis(2_100));
+        assert_eq!(later.http_status(), 429);
+        assert_eq!(later.retry_after_secs(), Some(3));
+        let soon = GatewayError::new(ErrorCode::BudgetExceeded).retry_after(Duration::ZERO);
+        assert_eq!(soon.retry_after_secs(), Some(1));
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub mod provider;
 pub mod route;
 
 pub use config::{
-    DeployConfig, FieldError, GpuSpec, QueueConfig, ReadinessProbe, UpstreamProtocol,
+    BudgetLimit, DeployConfig, FieldError, GpuSpec, QueueConfig, ReadinessProbe, UpstreamProtocol,
     ValidationErrors,
 };
 pub use controller::{
@@ -56,4 +56,4 @@ pub use lifecycle::{DeploymentStatus, IllegalTransition, InstanceState, Lifecycl
 pub use provider::{
     Endpoint, ExitReport, GpuProvider, InstanceSpec, ProvidedInstance, ProviderError, Scheme,
 };
-pub use route::{ReadyInstance, RouteView, Target};
+pub use route::{OnDemandOnly, ReadyInstance, RouteView, ScalePolicy, Target};

@@ -25,6 +25,7 @@ pub struct RouteView {
     max_instances: u32,
     concurrency_limit: u32,
     queued: u32,
+    scale_out_step: u32,
 }
 
 impl RouteView {
@@ -49,7 +50,15 @@ impl RouteView {
             max_instances,
             concurrency_limit,
             queued,
+            scale_out_step: 0,
         }
+    }
+
+    /// The same view with `scale_out_step` set: at most that many instances starting at
+    /// once (0 = no limit).
+    pub fn with_scale_out_step(mut self, step: u32) -> Self {
+        self.scale_out_step = step;
+        self
     }
 
     /// Ready instances, sorted by id.
@@ -97,6 +106,16 @@ impl RouteView {
         self.queued
     }
 
+    /// Requests the ready instances are serving now, all together.
+    pub fn in_flight(&self) -> u64 {
+        self.ready.iter().map(|r| u64::from(r.in_flight)).sum()
+    }
+
+    /// The most instances that may be starting at once; 0 = no limit.
+    pub fn scale_out_step(&self) -> u32 {
+        self.scale_out_step
+    }
+
     // Mutators for the controller, which keeps one view up to date incrementally.
 
     pub(crate) fn insert_ready(&mut self, id: InstanceId, in_flight: u32) {
@@ -123,9 +142,40 @@ impl RouteView {
         self.queued = queued;
     }
 
-    pub(crate) fn set_limits(&mut self, max_instances: u32, concurrency_limit: u32) {
+    pub(crate) fn set_limits(&mut self, max_instances: u32, concurrency_limit: u32, step: u32) {
         self.max_instances = max_instances;
         self.concurrency_limit = concurrency_limit;
+        self.scale_out_step = step;
+    }
+}
+
+/// How many instances a deployment's backlog needs: the controller asks after every change
+/// of the backlog (a request queued, an instance ready, failed or released, a lease ended)
+/// and starts, or cancels, the difference. Implementations are pure functions of the view;
+/// autodeploy-routing's `Backlog` is the default rule's.
+pub trait ScalePolicy: Send + Sync + std::fmt::Debug {
+    /// The instances (ready and starting together) the backlog needs now, at most the cap.
+    /// The controller never cancels a start while this is at least the instances it has.
+    fn instances_needed(&self, view: &RouteView) -> u32;
+
+    /// How many instances to start now: what [`instances_needed`](Self::instances_needed)
+    /// asks beyond the ready and starting ones, within the cap and the scale-out step.
+    fn instances_to_start(&self, view: &RouteView) -> u32;
+}
+
+/// Starts nothing on its own: instances start only when a routing decision asks
+/// ([`Target::Queue`] with `start_instance`, [`Target::ScaleOut`]) and the warm pool.
+/// The controller's policy when none is given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OnDemandOnly;
+
+impl ScalePolicy for OnDemandOnly {
+    fn instances_needed(&self, view: &RouteView) -> u32 {
+        view.max_instances()
+    }
+
+    fn instances_to_start(&self, _view: &RouteView) -> u32 {
+        0
     }
 }
 

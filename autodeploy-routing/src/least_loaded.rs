@@ -2,6 +2,8 @@
 
 use autodeploy_core::{InstanceId, RouteView, Target};
 
+use crate::backlog;
+
 /// The ready instance with the fewest requests in flight among those below the concurrency
 /// limit (0 = unlimited), or `None` when every ready instance is at its limit or none is ready.
 ///
@@ -27,24 +29,29 @@ pub fn pick(view: &RouteView) -> Option<InstanceId> {
 /// The default decision:
 ///
 /// 1. the least-loaded ready instance below the limit ([`pick`]), as [`Target::Instance`];
-/// 2. none ready: [`Target::Queue`], starting an instance only when none is starting yet and
-///    the cap allows (the cold start is single-flight: later requests wait for the same one);
-/// 3. every ready instance at its limit: [`Target::Queue`], starting one more instance when the
-///    cap allows and the queue, this request included, outgrows what the instances already
-///    starting will absorb (`queued + 1 > starting × limit`). A burst thus starts one instance
-///    per `limit` waiting requests, never one per request.
+/// 2. otherwise [`Target::Queue`], asking for one more instance when the backlog with this
+///    request queued needs more than are ready and starting ([`backlog::instances_to_start`]).
+///    With no instance at all that is the cold start, single-flight: later requests wait
+///    for the same one.
 ///
-/// The controller serves the queue in order as slots free up, on any ready instance.
+/// The controller then acts on the whole backlog ([`Backlog`](crate::Backlog)): a burst
+/// starts one instance per `limit` requests at once, up to the cap, and a queue still long
+/// when an instance becomes ready starts more. It serves the queue in order as slots free up,
+/// on any ready instance.
 pub fn decide(view: &RouteView) -> Target {
     if let Some(id) = pick(view) {
         return Target::Instance(id);
     }
-    let start_instance = view.has_room()
-        && if view.ready().is_empty() {
-            view.starting() == 0
-        } else {
-            let absorbed = u64::from(view.starting()) * u64::from(view.concurrency_limit());
-            u64::from(view.queued()) + 1 > absorbed
-        };
-    Target::Queue { start_instance }
+    let with_this_request = RouteView::new(
+        view.ready().to_vec(),
+        view.starting(),
+        view.live(),
+        view.max_instances(),
+        view.concurrency_limit(),
+        view.queued().saturating_add(1),
+    )
+    .with_scale_out_step(view.scale_out_step());
+    Target::Queue {
+        start_instance: backlog::instances_to_start(&with_this_request) > 0,
+    }
 }

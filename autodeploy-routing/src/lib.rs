@@ -54,8 +54,12 @@
 //! - [`rule`]: the header and its parsing into a [`RouteRule`];
 //! - [`decide`](mod@decide): the one entry point, [`decide()`];
 //! - [`least_loaded`] (the default), [`scale_out`], [`random`], [`round_robin`], [`sticky`]
-//!   (an instance id).
+//!   (an instance id);
+//! - [`backlog`]: how many instances the default rule's backlog needs, `ceil((in_flight +
+//!   queued) / concurrency_limit)` up to the cap, as the [`Backlog`] scale policy the
+//!   controller asks after every change of the backlog.
 
+pub mod backlog;
 pub mod decide;
 pub mod least_loaded;
 pub mod random;
@@ -65,6 +69,7 @@ pub mod scale_out;
 pub mod sticky;
 
 pub use autodeploy_core::{RouteView, Target};
+pub use backlog::Backlog;
 pub use decide::decide;
 pub use round_robin::RoundRobin;
 pub use rule::{RULE_HEADER, RouteRule, TARGET_HEADER};

@@ -47,6 +47,14 @@ pub enum ControllerEvent {
         lifetime: Duration,
         /// What it cost.
         cost: f64,
+        /// What it cost while ready and serving nothing (its idle waste).
+        idle_waste: f64,
+    },
+    /// A request (or a pre-warm call) was answered 1021: starting an instance for it would
+    /// have put the running hourly rate over a budget.
+    BudgetRefused {
+        /// Whether the shared (gateway-wide) budget refused, rather than the deployment's.
+        shared: bool,
     },
 }
 

@@ -97,8 +97,7 @@ async fn start(inner: &Arc<Inner>, id: InstanceId, spec: InstanceSpec) -> bool {
         }
         st.consecutive_failures = 0;
         let reserved = st.instances.get_mut(&id).and_then(|i| {
-            i.ready_at = Some(now);
-            i.last_activity = now;
+            i.mark_ready(now);
             i.reserved.take()
         });
         if let Some(reply) = reserved
@@ -315,24 +314,32 @@ async fn release(inner: &Arc<Inner>, id: InstanceId) {
     let released = {
         let mut st = inner.state.lock();
         let _ = st.transition(id, LifecycleEvent::Released);
+        // Dropping the record returns its share of a shared budget: only now, once the
+        // provider has confirmed, has it stopped costing money.
         let released = st.instances.remove(&id).map(|inst| {
             let lifetime = now.saturating_duration_since(inst.created_at);
-            (lifetime, cost(inst.price_per_hour, lifetime))
+            (
+                lifetime,
+                cost(inst.price_per_hour, lifetime),
+                inst.idle_waste_until(now),
+            )
         });
-        if let Some((_, spent)) = released {
+        if let Some((_, spent, wasted)) = released {
             st.released_cost += spent;
+            st.released_idle_waste += wasted;
             st.released_count += 1;
         }
         inner.rebalance(&mut st);
         released
     };
-    if let Some((lifetime, cost)) = released {
+    if let Some((lifetime, cost, idle_waste)) = released {
         inner.events.on_event(
             &inner.deployment(),
             &ControllerEvent::Released {
                 instance: id,
                 lifetime,
                 cost,
+                idle_waste,
             },
         );
     }

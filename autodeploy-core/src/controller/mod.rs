@@ -5,9 +5,11 @@
 //! warm pool and adds up cost. It makes no HTTP calls: routing decides *where* through a
 //! closure over a [`RouteView`], the proxy forwards, the provider creates and releases.
 
+mod budget;
 mod events;
 mod instance;
 mod lease;
+mod scale;
 mod state;
 
 use std::fmt;
@@ -24,8 +26,9 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::instance_id::InstanceId;
 use crate::lifecycle::{DeploymentStatus, InstanceState, LifecycleEvent};
 use crate::provider::{Endpoint, GpuProvider, InstanceSpec, LABEL_OWNER, ProviderError};
-use crate::route::{RouteView, Target};
+use crate::route::{OnDemandOnly, RouteView, ScalePolicy, Target};
 
+pub use budget::SharedBudget;
 pub use events::{ControllerEvent, EventSink, NoEvents};
 pub use lease::Lease;
 pub use state::cost;
@@ -44,6 +47,8 @@ pub(crate) struct Inner {
     events: Arc<dyn EventSink>,
     owner: String,
     live_tx: watch::Sender<usize>,
+    policy: Arc<dyn ScalePolicy>,
+    shared_budget: Option<Arc<SharedBudget>>,
 }
 
 /// What the management API shows of one instance.
@@ -71,6 +76,8 @@ pub struct InstanceInfo {
     pub served: u64,
     /// What it has cost so far.
     pub cost: f64,
+    /// What it has cost so far while ready and serving nothing.
+    pub idle_waste: f64,
     /// Why it failed, if it did.
     pub error: Option<String>,
 }
@@ -103,6 +110,8 @@ impl Controller {
             provider,
             events: Arc::new(NoEvents),
             owner: "autodeploy".to_owned(),
+            policy: Arc::new(OnDemandOnly),
+            shared_budget: None,
         }
     }
 
@@ -133,10 +142,14 @@ impl Controller {
                 message: format!("cannot change the id of deployment {current_id:?}"),
             }]));
         }
-        let (max, limit) = (config.max_instances, config.concurrency_limit);
+        let (max, limit, step) = (
+            config.max_instances,
+            config.concurrency_limit,
+            config.scale_out_step,
+        );
         *self.inner.config.write() = Arc::new(config);
         let mut st = self.inner.state.lock();
-        st.view.set_limits(max, limit);
+        st.view.set_limits(max, limit, step);
         for inst in st.instances.values() {
             inst.wake.notify_one();
         }
@@ -171,7 +184,9 @@ impl Controller {
                         return Err(ErrorCode::ReplicaQuotaExceeded.into());
                     }
                     let (tx, rx) = oneshot::channel();
-                    self.inner.start_instance(&mut st, Some(tx));
+                    if let Err(refusal) = self.inner.start_instance(&mut st, Some(tx)) {
+                        return Err(self.inner.budget_error(&mut st, refusal));
+                    }
                     rx
                 }
                 Target::Queue { start_instance } => {
@@ -187,17 +202,29 @@ impl Controller {
                     }
                     let (tx, rx) = oneshot::channel();
                     st.waiters.push_back(Waiter { reply: tx });
-                    if start_instance && st.view.has_room() {
-                        self.inner.start_instance(&mut st, None);
+                    if start_instance
+                        && st.view.has_room()
+                        && let Err(refusal) = self.inner.start_instance(&mut st, None)
+                    {
+                        self.inner.refuse_stranded_waiters(&mut st, refusal);
                     }
                     // A freed slot may already be there (the view was decided on just now).
                     self.inner.dispatch(&mut st);
+                    self.inner.scale_to_backlog(&mut st);
                     st.recount();
                     rx
                 }
             }
         };
-        match tokio::time::timeout(wait_timeout, reply).await {
+        // A request that stops waiting (timed out, or its client left and dropped this
+        // future) changes the backlog: the guard tells the controller, which may cancel a
+        // start nobody waits for any more.
+        let mut left = WaiterLeft(Some(self.inner.clone()));
+        let outcome = tokio::time::timeout(wait_timeout, reply).await;
+        if matches!(outcome, Ok(Ok(_))) {
+            left.0 = None;
+        }
+        match outcome {
             Ok(Ok(Ok(mut lease))) => {
                 lease.waited = Some(arrived.elapsed());
                 Ok(lease)
@@ -247,6 +274,7 @@ impl Controller {
                 in_flight: i.in_flight,
                 served: i.served,
                 cost: i.cost_until(now),
+                idle_waste: i.idle_waste_until(now),
                 error: i.error.clone(),
             })
             .collect()
@@ -266,6 +294,35 @@ impl Controller {
                 .values()
                 .map(|i| i.cost_until(now))
                 .sum::<f64>()
+    }
+
+    /// Idle waste: what instances cost while ready and serving nothing (from their last
+    /// response's last byte, or from readiness, until the next request or their release),
+    /// released ones and the running ones up to now. Tune `idle_retention` with it.
+    pub fn idle_waste(&self) -> f64 {
+        let now = Instant::now();
+        let st = self.inner.state.lock();
+        st.released_idle_waste
+            + st.instances
+                .values()
+                .map(|i| i.idle_waste_until(now))
+                .sum::<f64>()
+    }
+
+    /// The running hourly rate: the sum of `price_per_hour` of the live instances.
+    pub fn hourly_rate(&self) -> f64 {
+        self.inner.state.lock().hourly_rate_micros() as f64 / 1_000_000.0
+    }
+
+    /// How many requests (and pre-warm calls) were answered 1021 because a budget refused
+    /// the start they needed.
+    pub fn budget_refusals(&self) -> u64 {
+        self.inner.state.lock().budget_refusals
+    }
+
+    /// The shared budget this deployment draws on, if any.
+    pub fn shared_budget(&self) -> Option<&Arc<SharedBudget>> {
+        self.inner.shared_budget.as_ref()
     }
 
     /// How many instances have been released over the controller's life.
@@ -290,7 +347,10 @@ impl Controller {
         if !st.view.has_room() {
             return Err(ErrorCode::ReplicaQuotaExceeded.into());
         }
-        let id = self.inner.start_instance(&mut st, None);
+        let id = self
+            .inner
+            .start_instance(&mut st, None)
+            .map_err(|refusal| self.inner.budget_error(&mut st, refusal))?;
         st.recount();
         Ok(id)
     }
@@ -419,9 +479,26 @@ pub struct ControllerBuilder {
     provider: Arc<dyn GpuProvider>,
     events: Arc<dyn EventSink>,
     owner: String,
+    policy: Arc<dyn ScalePolicy>,
+    shared_budget: Option<Arc<SharedBudget>>,
 }
 
 impl ControllerBuilder {
+    /// Decides how many instances the backlog needs, asked after every change of the
+    /// backlog. Default: [`OnDemandOnly`] (instances start only when a routing decision
+    /// asks); the gateway gives autodeploy-routing's `Backlog`.
+    pub fn scale_policy(mut self, policy: Arc<dyn ScalePolicy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Draws on `budget` too (besides the deployment's own `budget`): a start that would put
+    /// the running hourly rate of every controller sharing it over its limit is refused.
+    pub fn shared_budget(mut self, budget: Arc<SharedBudget>) -> Self {
+        self.shared_budget = Some(budget);
+        self
+    }
+
     /// Receives lifecycle events (for metrics and logs).
     pub fn events(mut self, events: Arc<dyn EventSink>) -> Self {
         self.events = events;
@@ -438,9 +515,11 @@ impl ControllerBuilder {
     pub fn build(self) -> Result<Controller, ValidationErrors> {
         self.config.validate()?;
         let mut state = State::default();
-        state
-            .view
-            .set_limits(self.config.max_instances, self.config.concurrency_limit);
+        state.view.set_limits(
+            self.config.max_instances,
+            self.config.concurrency_limit,
+            self.config.scale_out_step,
+        );
         let inner = Arc::new(Inner {
             provider: self.provider,
             config: RwLock::new(Arc::new(self.config)),
@@ -448,7 +527,12 @@ impl ControllerBuilder {
             events: self.events,
             owner: self.owner,
             live_tx: watch::Sender::new(0),
+            policy: self.policy,
+            shared_budget: self.shared_budget,
         });
+        if let Some(budget) = &inner.shared_budget {
+            budget.register(&inner);
+        }
         {
             let mut st = inner.state.lock();
             inner.rebalance(&mut st);
@@ -504,20 +588,26 @@ impl Inner {
             inst.wake.notify_one();
         }
         self.dispatch(&mut st);
+        self.scale_to_backlog(&mut st);
         st.recount();
     }
 
-    /// Creates the record of a new instance and spawns its task. Callers check the cap.
-    fn start_instance(self: &Arc<Self>, st: &mut State, reserved: Option<Reply>) -> InstanceId {
+    /// Creates the record of a new instance and spawns its task, unless a budget refuses
+    /// it. Callers check the cap.
+    fn start_instance(
+        self: &Arc<Self>,
+        st: &mut State,
+        reserved: Option<Reply>,
+    ) -> Result<InstanceId, budget::Refusal> {
         let config = self.config();
+        let hold = self.admit_start(st, config.price_per_hour)?;
         let mut id = InstanceId::generate();
         while st.instances.contains_key(&id) {
             id = InstanceId::generate();
         }
-        st.instances.insert(
-            id,
-            Instance::new(Instant::now(), config.price_per_hour, reserved),
-        );
+        let mut instance = Instance::new(Instant::now(), config.price_per_hour, reserved);
+        instance.hold = hold;
+        st.instances.insert(id, instance);
         st.recount();
         self.publish_live(st);
         let mut spec = InstanceSpec::from_config(&config, id);
@@ -526,7 +616,7 @@ impl Inner {
         self.events
             .on_event(&config.id, &ControllerEvent::Creating { instance: id });
         tokio::spawn(instance::run(self.clone(), id, spec));
-        id
+        Ok(id)
     }
 
     /// Gives waiting requests, oldest first, to ready instances with free capacity.
@@ -560,9 +650,11 @@ impl Inner {
             && st.view.ready().is_empty()
             && st.view.starting() == 0
             && st.view.has_room()
+            && let Err(refusal) = self.start_instance(st, None)
         {
-            self.start_instance(st, None);
+            self.refuse_stranded_waiters(st, refusal);
         }
+        self.scale_to_backlog(st);
         self.top_up(st);
         st.recount();
         self.publish_live(st);
@@ -592,7 +684,10 @@ impl Inner {
             return;
         }
         while st.serving_or_starting() < min && st.view.has_room() {
-            self.start_instance(st, None);
+            if let Err(refusal) = self.start_instance(st, None) {
+                tracing::warn!(?refusal, "the budget cannot pay for the warm pool");
+                break;
+            }
         }
     }
 
@@ -600,5 +695,18 @@ impl Inner {
         let live = st.instances.len();
         self.live_tx
             .send_if_modified(|n| std::mem::replace(n, live) != live);
+    }
+}
+
+/// Tells the controller when a waiting request stops waiting without its answer.
+struct WaiterLeft(Option<Arc<Inner>>);
+
+impl Drop for WaiterLeft {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            let mut st = inner.state.lock();
+            inner.scale_to_backlog(&mut st);
+            st.recount();
+        }
     }
 }

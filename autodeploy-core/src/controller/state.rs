@@ -13,6 +13,7 @@ use crate::lifecycle::{InstanceState, LifecycleEvent};
 use crate::provider::Endpoint;
 use crate::route::RouteView;
 
+use super::budget::{BudgetHold, micros};
 use super::lease::Lease;
 
 /// Where a lease (or the reason there is none) is delivered to a waiting request.
@@ -38,6 +39,12 @@ pub(super) struct Instance {
     pub(super) cancel: bool,
     /// Why it failed, if it did.
     pub(super) error: Option<String>,
+    /// Since when it has been ready with nothing in flight, while it is.
+    pub(super) idle_since: Option<Instant>,
+    /// Time spent ready with nothing in flight, in periods already closed.
+    pub(super) idle_time: Duration,
+    /// Its share of the shared budget, returned when the record is dropped (after release).
+    pub(super) hold: Option<BudgetHold>,
 }
 
 impl Instance {
@@ -55,7 +62,42 @@ impl Instance {
             reserved,
             cancel: false,
             error: None,
+            idle_since: None,
+            idle_time: Duration::ZERO,
+            hold: None,
         }
+    }
+
+    /// Time it has spent ready with nothing in flight, up to `now`.
+    pub(super) fn idle_until(&self, now: Instant) -> Duration {
+        self.idle_time
+            + self
+                .idle_since
+                .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+
+    /// Its idle waste up to `now`: what it cost while ready and serving nothing.
+    pub(super) fn idle_waste_until(&self, now: Instant) -> f64 {
+        cost(self.price_per_hour, self.idle_until(now))
+    }
+
+    /// Starts or ends an idle period as its in-flight count moves between 0 and more.
+    fn track_idle(&mut self, now: Instant) {
+        match (self.in_flight, self.idle_since) {
+            (0, None) if self.ready_at.is_some() => self.idle_since = Some(now),
+            (n, Some(since)) if n > 0 => {
+                self.idle_time += now.saturating_duration_since(since);
+                self.idle_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Marks it ready at `now`: idle from then until its first request.
+    pub(super) fn mark_ready(&mut self, now: Instant) {
+        self.ready_at = Some(now);
+        self.last_activity = now;
+        self.track_idle(now);
     }
 
     /// What it has cost from creation until `now`.
@@ -92,6 +134,10 @@ pub(super) struct State {
     pub(super) consecutive_failures: u32,
     /// A delayed warm-pool top-up is scheduled.
     pub(super) top_up_scheduled: bool,
+    /// Idle waste of released instances.
+    pub(super) released_idle_waste: f64,
+    /// Requests (and pre-warm calls) answered 1021 because a budget refused a start.
+    pub(super) budget_refusals: u64,
 }
 
 impl State {
@@ -116,11 +162,12 @@ impl State {
     }
 
     /// Recomputes the view's counters after any change.
+    /// A start being cancelled no longer counts as starting: it will serve no one.
     pub(super) fn recount(&mut self) {
         let starting = self
             .instances
             .values()
-            .filter(|i| i.state.is_starting())
+            .filter(|i| i.state.is_starting() && !i.cancel)
             .count() as u32;
         let live = self.instances.len() as u32;
         self.view
@@ -159,7 +206,16 @@ impl State {
     pub(super) fn add_in_flight(&mut self, id: InstanceId, delta: i32) -> Option<&mut Instance> {
         let inst = self.instances.get_mut(&id)?;
         inst.in_flight = inst.in_flight.saturating_add_signed(delta);
+        inst.track_idle(Instant::now());
         self.view.set_in_flight(id, inst.in_flight);
         Some(inst)
+    }
+
+    /// The running hourly rate of every live instance, in millionths.
+    pub(super) fn hourly_rate_micros(&self) -> u64 {
+        self.instances
+            .values()
+            .map(|i| micros(i.price_per_hour))
+            .sum()
     }
 }
