@@ -2,7 +2,7 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | GET | `/api/v1/deployments` | every deployment with status, instance count, cost |
+//! | GET | `/api/v1/deployments` | every deployment with status, instance count, cost, idle waste, hourly rate, budget refusals; the gateway budget |
 //! | POST | `/api/v1/deployments` | create one (JSON `DeployConfig`) |
 //! | GET | `/api/v1/deployments/{id}` | its config, instances, cost |
 //! | PUT | `/api/v1/deployments/{id}` | replace its config |
@@ -131,6 +131,12 @@ struct DeploymentSummary {
     /// `price_per_hour`.
     hourly_rate: f64,
     total_cost: f64,
+    /// Spend on instances while they served nothing (see [`Controller::idle_waste`]).
+    idle_waste: f64,
+    /// The sum of `price_per_hour` of its live instances.
+    hourly_rate: f64,
+    /// Requests answered 1021 (budget exceeded).
+    budget_refusals: u64,
     link: String,
 }
 
@@ -149,6 +155,9 @@ fn summary(gateway: &Gateway, controller: &Controller) -> DeploymentSummary {
         requests_per_second: gateway.events().histories().requests_per_second(&config.id),
         hourly_rate: instances.len() as f64 * config.price_per_hour,
         total_cost: controller.total_cost(),
+        idle_waste: controller.idle_waste(),
+        hourly_rate: controller.hourly_rate(),
+        budget_refusals: controller.budget_refusals(),
         link: match config.listen {
             Some(addr) => format!("http://{addr}/"),
             None => format!("/d/{}/", config.id),
@@ -206,7 +215,15 @@ async fn list_deployments(State(gateway): State<Gateway>) -> impl IntoResponse {
         .iter()
         .map(|c| summary(&gateway, c))
         .collect();
-    axum::Json(serde_json::json!({ "deployments": list }))
+    let mut body = serde_json::json!({ "deployments": list });
+    // Only with a `[gateway] budget`: without one the body stays as it always was.
+    if let Some(budget) = gateway.budget() {
+        body["budget"] = serde_json::json!({
+            "max_per_hour": budget.limit().max_per_hour,
+            "hourly_rate": budget.hourly_rate(),
+        });
+    }
+    axum::Json(body)
 }
 
 async fn get_deployment(

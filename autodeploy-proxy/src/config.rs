@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use autodeploy_core::{DeployConfig, FieldError, ValidationErrors};
+use autodeploy_core::{BudgetLimit, DeployConfig, FieldError, ValidationErrors};
 pub use autodeploy_provider::ProvidersConfig;
 use serde::Deserialize;
 
@@ -77,6 +77,11 @@ pub struct GatewaySettings {
     /// a paid instance); `burst = 0` turns the limit off.
     #[serde(default)]
     pub scale_out_limit: RateLimit,
+    /// A limit on the running hourly rate of every deployment together (the sum of
+    /// `price_per_hour` of all live instances): `budget = { max_per_hour = 20.0 }`. A start
+    /// that would exceed it is refused (code 1021). None (the default) = no limit.
+    #[serde(default)]
+    pub budget: Option<BudgetLimit>,
 }
 
 /// A rate limit: `burst` events at once, refilled evenly over `per` (10 per minute by
@@ -113,6 +118,7 @@ impl Default for GatewaySettings {
             response_header_timeout: default_response_header_timeout(),
             drain_timeout: default_drain_timeout(),
             scale_out_limit: RateLimit::default(),
+            budget: None,
         }
     }
 }
@@ -252,6 +258,18 @@ impl GatewayConfig {
                     message: format!("duplicate deployment id {:?}", deployment.id),
                 });
             }
+            if let Some(budget) = self.gateway.budget
+                && budget.check().is_ok()
+                && deployment.price_per_hour > budget.max_per_hour
+            {
+                errors.push(FieldError {
+                    field: format!("{prefix}.price_per_hour"),
+                    message: format!(
+                        "is above gateway.budget.max_per_hour ({} > {}): no instance could ever start",
+                        deployment.price_per_hour, budget.max_per_hour
+                    ),
+                });
+            }
             if let Some(listen) = deployment.listen
                 && !listens.insert(listen)
             {
@@ -290,6 +308,12 @@ impl GatewayConfig {
             errors.push(FieldError {
                 field: "gateway.scale_out_limit.per".into(),
                 message: "must be long enough to refill one event at a time".into(),
+            });
+        }
+        if let Some(Err(message)) = self.gateway.budget.map(|b| b.check()) {
+            errors.push(FieldError {
+                field: "gateway.budget.max_per_hour".into(),
+                message,
             });
         }
         if self.gateway.max_header_bytes < 8192 {
@@ -435,6 +459,94 @@ mod tests {
         assert_eq!(
             deployment.start_command,
             format!("exec serve --directory '{}'/files", folder.display())
+        );
+    }
+
+    #[test]
+    fn budgets_parse_and_are_checked() {
+        let config = GatewayConfig::parse(
+            r#"
+            [gateway]
+            budget = { max_per_hour = 20.0 }
+
+            [[deployment]]
+            id = "a"
+            start_command = "true"
+            idle_retention = "1m"
+            max_instances = 3
+            price_per_hour = 1.5
+            scale_out_step = 2
+            cancel_unwanted_starts = true
+            budget = { max_per_hour = 4.0 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.gateway.budget.unwrap().max_per_hour, 20.0);
+        let d = &config.deployments[0];
+        assert_eq!(d.budget.unwrap().max_per_hour, 4.0);
+        assert_eq!(d.scale_out_step, 2);
+        assert!(d.cancel_unwanted_starts);
+
+        let config = GatewayConfig::parse(
+            r#"
+            [gateway]
+            budget = { max_per_hour = 0.0 }
+
+            [[deployment]]
+            id = "a"
+            start_command = "true"
+            idle_retention = "1m"
+            max_instances = 3
+            min_instances = 3
+            price_per_hour = 1.5
+            budget = { max_per_hour = 4.0 }
+
+            [[deployment]]
+            id = "b"
+            start_command = "true"
+            idle_retention = "1m"
+            max_instances = 3
+            price_per_hour = 5.0
+            budget = { max_per_hour = -1.0 }
+            "#,
+        )
+        .unwrap();
+        let fields: Vec<String> = config
+            .validate()
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "deployment[0].budget.max_per_hour",
+                "deployment[1].budget.max_per_hour",
+                "gateway.budget.max_per_hour",
+            ]
+        );
+        let err = GatewayConfig::parse("[gateway]\nbudget = { max_per_day = 1.0 }\n").unwrap_err();
+        assert!(err.contains("max_per_day"), "{err}");
+
+        let over = GatewayConfig::parse(
+            r#"
+            [gateway]
+            budget = { max_per_hour = 2.0 }
+
+            [[deployment]]
+            id = "a"
+            start_command = "true"
+            idle_retention = "1m"
+            max_instances = 1
+            price_per_hour = 2.5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            over.validate().unwrap_err().0[0].field,
+            "deployment[0].price_per_hour"
         );
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use autodeploy_core::{DeployConfig, ErrorCode, GatewayError, Lease, UpstreamProtocol};
 use autodeploy_routing::RouteRule;
@@ -89,15 +90,11 @@ async fn forward_inner(
     if *rule == RouteRule::ScaleOut
         && let Some(retry_after) = deployment.scale_out_refused(client)
     {
-        let mut response = error_response(&GatewayError::with_detail(
+        return Err(GatewayError::with_detail(
             ErrorCode::ScaleOutRateLimited,
             format!("retry after {} s", retry_after.as_secs().max(1)),
-        ));
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(retry_after.as_secs().max(1)),
-        );
-        return Ok(response);
+        )
+        .retry_after(Duration::from_secs(retry_after.as_secs().max(1))));
     }
     let lease = deployment
         .controller

@@ -14,11 +14,12 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use autodeploy_core::controller::SharedBudget;
 use autodeploy_core::{
     Controller, DeployConfig, DeploymentStatus, ErrorCode, FieldError, GatewayError, GpuProvider,
     RouteView, Target, ValidationErrors,
 };
-use autodeploy_routing::{RoundRobin, RouteRule};
+use autodeploy_routing::{Backlog, RoundRobin, RouteRule};
 use axum::body::Body;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     /// Controller events, status changes and request rates for `/api/v1/events`.
     pub(crate) events: Arc<EventHub>,
     pub(crate) settings: GatewaySettings,
+    /// `[gateway] budget`, shared by every deployment's controller.
+    budget: Option<Arc<SharedBudget>>,
     closed: AtomicBool,
     /// Held while a deployment is added: its reconciliation releases every instance of its
     /// id that it does not know, so two adds of one id must not overlap.
@@ -224,6 +227,7 @@ impl GatewayBuilder {
                 upstream: Upstream::new(tls),
                 metrics,
                 events: events.clone(),
+                budget: self.settings.budget.map(SharedBudget::new),
                 settings: self.settings,
                 closed: AtomicBool::new(false),
                 adding: tokio::sync::Mutex::new(()),
@@ -345,6 +349,11 @@ impl Gateway {
             .collect()
     }
 
+    /// The gateway-wide budget (`[gateway] budget`) every deployment draws on, if set.
+    pub fn budget(&self) -> Option<&Arc<SharedBudget>> {
+        self.shared.budget.as_ref()
+    }
+
     /// The controller of deployment `id`.
     pub fn controller(&self, id: &str) -> Option<Controller> {
         self.deployment(id).map(|d| d.controller.clone())
@@ -395,9 +404,14 @@ impl Gateway {
             None => None,
         };
         let id = config.id.clone();
-        let controller = Controller::builder(config, provider)
+        let mut builder = Controller::builder(config, provider)
             .events(self.shared.events.clone())
             .owner("autodeploy")
+            .scale_policy(Arc::new(Backlog));
+        if let Some(budget) = &self.shared.budget {
+            builder = builder.shared_budget(budget.clone());
+        }
+        let controller = builder
             .build()
             .map_err(|e| GatewayError::with_detail(ErrorCode::InvalidConfig, e))?;
         // Instances an earlier run left behind are unknown to the new controller (its own

@@ -49,6 +49,15 @@ pub struct Metrics {
     queue_depth: Family<DeploymentLabels, Gauge>,
     cost: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
     events_dropped: Counter,
+    idle_waste: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+    hourly_rate: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+    budget_refusals: Family<BudgetLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    deployment: String,
+    budget: &'static str,
 }
 
 impl Default for Metrics {
@@ -132,6 +141,25 @@ impl Metrics {
             "Events that /api/v1/events subscribers missed because they read too slowly",
             events_dropped.clone(),
         );
+        let idle_waste = Family::default();
+        registry.register(
+            "idle_waste",
+            "Spend on instances while they served nothing (ready with no request in flight, \
+             until the next request or their release), per deployment; tune idle_retention with it",
+            idle_waste.clone(),
+        );
+        let hourly_rate = Family::default();
+        registry.register(
+            "hourly_rate",
+            "Running hourly rate per deployment: the sum of price_per_hour of its live instances",
+            hourly_rate.clone(),
+        );
+        let budget_refusals = Family::default();
+        registry.register(
+            "budget_refusals",
+            "Requests answered 1021 because a start would exceed a budget (deployment or gateway)",
+            budget_refusals.clone(),
+        );
         Self {
             registry,
             requests,
@@ -144,6 +172,9 @@ impl Metrics {
             queue_depth,
             cost,
             events_dropped,
+            idle_waste,
+            hourly_rate,
+            budget_refusals,
         }
     }
 
@@ -168,6 +199,8 @@ impl Metrics {
         self.instances.clear();
         self.queue_depth.clear();
         self.cost.clear();
+        self.idle_waste.clear();
+        self.hourly_rate.clear();
         for controller in controllers {
             let deployment = controller.id();
             let infos = controller.instances();
@@ -187,6 +220,12 @@ impl Metrics {
             self.cost
                 .get_or_create(&labels)
                 .set(controller.total_cost());
+            self.idle_waste
+                .get_or_create(&labels)
+                .set(controller.idle_waste());
+            self.hourly_rate
+                .get_or_create(&labels)
+                .set(controller.hourly_rate());
         }
         let mut out = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -225,9 +264,22 @@ impl EventSink for Metrics {
                 tracing::warn!(deployment, %instance, reason = %report.reason, "instance died");
                 self.deaths.get_or_create(&labels).inc();
             }
-            ControllerEvent::Released { instance, cost, .. } => {
-                tracing::info!(deployment, %instance, cost, "instance released");
+            ControllerEvent::Released {
+                instance,
+                cost,
+                idle_waste,
+                ..
+            } => {
+                tracing::info!(deployment, %instance, cost, idle_waste, "instance released");
                 self.released.get_or_create(&labels).inc();
+            }
+            ControllerEvent::BudgetRefused { shared } => {
+                self.budget_refusals
+                    .get_or_create(&BudgetLabels {
+                        deployment: deployment.to_owned(),
+                        budget: if *shared { "gateway" } else { "deployment" },
+                    })
+                    .inc();
             }
             _ => {}
         }

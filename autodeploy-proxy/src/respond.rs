@@ -1,5 +1,6 @@
 //! Errors become responses here, and only here: every error the gateway produces is a JSON
-//! body `{"code": N, "msg": "..."}` with the code's HTTP status.
+//! body `{"code": N, "msg": "..."}` with the code's HTTP status, and a `Retry-After` header
+//! when the error says when to try again (1020, 1021).
 
 use autodeploy_core::{ErrorCode, GatewayError};
 use axum::body::Body;
@@ -16,6 +17,11 @@ pub fn error_response(err: &GatewayError) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Some(secs) = err.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     response
 }
 
@@ -52,5 +58,18 @@ mod tests {
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
         let r = error_response(&ErrorCode::ReplicaQuotaExceeded.into());
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn budget_exceeded_carries_retry_after_only_when_room_will_come() {
+        let r = error_response(&ErrorCode::BudgetExceeded.into());
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+        let later = GatewayError::new(ErrorCode::BudgetExceeded)
+            .retry_after(std::time::Duration::from_millis(41_500));
+        let r = error_response(&later);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "42");
     }
 }

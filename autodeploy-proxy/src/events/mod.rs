@@ -238,6 +238,7 @@ impl EventSink for EventHub {
                 instance,
                 lifetime,
                 cost,
+                ..
             } => EventKind::InstanceReleased {
                 instance: *instance,
                 lifetime_s: secs(*lifetime),
