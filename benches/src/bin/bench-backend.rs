@@ -1,5 +1,7 @@
-//! `bench-backend [--port N] [--threads N]`: the fast backend of the load comparison
-//! (`GET /` a small body, `GET /1m` one MiB) on `127.0.0.1:N` (default: a free port).
+//! `bench-backend [--port N] [--threads N] [--boot-ms B]`: the fast backend of the load
+//! comparison (`GET /` a small body, `GET /1m` one MiB, `GET /sleep?ms=N` after N ms) on
+//! `127.0.0.1:N` (default: a free port). `--boot-ms` waits that long before listening, as a
+//! model server loading its weights would (`burst-scaling` uses 1,000).
 //!
 //! Prints one line once it accepts connections:
 //! `bench-backend listening on ADDR main_unix_ns=T0 listen_unix_ns=T1`, the wall-clock times
@@ -20,19 +22,22 @@ fn main() -> ExitCode {
     let main_ns = unix_ns();
     let mut port: u16 = 0;
     let mut threads: usize = 1;
+    let mut boot_ms: u64 = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next();
         let parsed = match (arg.as_str(), value.as_deref()) {
             ("--port", Some(v)) => v.parse().map(|p| port = p).is_ok(),
             ("--threads", Some(v)) => v.parse().map(|t| threads = t).is_ok(),
+            ("--boot-ms", Some(v)) => v.parse().map(|b| boot_ms = b).is_ok(),
             _ => false,
         };
         if !parsed {
-            eprintln!("usage: bench-backend [--port N] [--threads N]");
+            eprintln!("usage: bench-backend [--port N] [--threads N] [--boot-ms B]");
             return ExitCode::from(2);
         }
     }
+    std::thread::sleep(std::time::Duration::from_millis(boot_ms));
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
