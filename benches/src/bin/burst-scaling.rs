@@ -222,12 +222,17 @@ async fn process(
     }
     let mut rows = Vec::new();
     for max in [1, 3] {
-        let url = format!("{base}/d/max{max}/sleep?ms={}", settings.service.as_millis());
+        let url = format!(
+            "{base}/d/max{max}/sleep?ms={}",
+            settings.service.as_millis()
+        );
         let measured = burst(&url, settings.requests).await?;
         let api = get(&http, &format!("{base}/api/v1/deployments/max{max}")).await?;
-        let body = String::from_utf8_lossy(&api.body);
         // Instances created = those still there (idle retention is 10 min) plus released.
-        let created = body.matches("\"state\":").count() as u64;
+        let detail: serde_json::Value =
+            serde_json::from_slice(&api.body).map_err(|e| e.to_string())?;
+        let created = detail["instances"].as_array().map_or(0, Vec::len) as u64
+            + detail["released_instances"].as_u64().unwrap_or(0);
         rows.push((max, measured, created));
     }
     drop(_gateway);
@@ -237,7 +242,10 @@ async fn process(
 
 async fn run(settings: Settings) -> Result<bool, String> {
     let (label, rows) = match &settings.mode {
-        Mode::Simulated => ("simulated provider, in-process gateway", simulated(&settings).await?),
+        Mode::Simulated => (
+            "simulated provider, in-process gateway",
+            simulated(&settings).await?,
+        ),
         Mode::Process { gateway, backend } => (
             "release autodeploy binary, local provider, bench-backend processes",
             process(&settings, gateway, backend).await?,
