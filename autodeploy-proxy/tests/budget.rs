@@ -153,8 +153,9 @@ async fn a_burst_at_standby_starts_every_instance_it_needs_at_once() {
     config.concurrency_limit = 4;
     let gw = TestGateway::start(sim(Duration::from_millis(500)), vec![config]).await;
     let url = gw.url("/d/burst/");
+    let http = client();
     let requests: Vec<_> = (0..24)
-        .map(|_| tokio::spawn(client().get(&url).header("x-sim-delay-ms", "100").send()))
+        .map(|_| tokio::spawn(http.get(&url).header("x-sim-delay-ms", "100").send()))
         .collect();
     support::eventually("three instances start", || gw.sim.created() == 3).await;
     for r in requests {

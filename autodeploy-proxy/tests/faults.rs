@@ -303,9 +303,10 @@ async fn a_simulated_instance_that_never_becomes_ready_times_out_with_1005_and_i
         vec![d]
     })
     .await;
+    let http = client();
     let began = Instant::now();
     let waiters: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(client().get(gw.url("/d/d/")).send()))
+        .map(|_| tokio::spawn(http.get(gw.url("/d/d/")).send()))
         .collect();
     for waiter in waiters {
         let resp = waiter.await.unwrap().unwrap();
