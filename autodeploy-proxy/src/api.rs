@@ -127,14 +127,12 @@ struct DeploymentSummary {
     queue_depth: usize,
     /// Requests answered per second, over the last second sampled.
     requests_per_second: f64,
-    /// What its live instances cost per hour now: their number times the deployment's
-    /// `price_per_hour`.
+    /// What its live instances cost per hour now: the sum of their `price_per_hour` (each
+    /// keeps the price it was started with), what budgets are checked against.
     hourly_rate: f64,
     total_cost: f64,
     /// Spend on instances while they served nothing (see [`Controller::idle_waste`]).
     idle_waste: f64,
-    /// The sum of `price_per_hour` of its live instances.
-    hourly_rate: f64,
     /// Requests answered 1021 (budget exceeded).
     budget_refusals: u64,
     link: String,
@@ -153,10 +151,9 @@ fn summary(gateway: &Gateway, controller: &Controller) -> DeploymentSummary {
         max_instances: config.max_instances,
         queue_depth: controller.queue_depth(),
         requests_per_second: gateway.events().histories().requests_per_second(&config.id),
-        hourly_rate: instances.len() as f64 * config.price_per_hour,
+        hourly_rate: controller.hourly_rate(),
         total_cost: controller.total_cost(),
         idle_waste: controller.idle_waste(),
-        hourly_rate: controller.hourly_rate(),
         budget_refusals: controller.budget_refusals(),
         link: match config.listen {
             Some(addr) => format!("http://{addr}/"),
