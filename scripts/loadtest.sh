@@ -1,33 +1,55 @@
 #!/usr/bin/env bash
 # Load comparison on loopback, in one run: a fast backend measured directly, through nginx as a
-# reverse proxy, and through the autodeploy gateway on a warm instance.
+# reverse proxy, through Go's httputil.ReverseProxy, and through the autodeploy gateway on a
+# warm instance.
 #
-#   sudo scripts/loadtest.sh            # or as root; installs nginx-light and wrk if missing
+#   sudo scripts/loadtest.sh            # or as root; installs nginx-light, wrk (and golang-go
+#                                       # for the go target) if missing
+#   sudo BACKEND=nginx scripts/loadtest.sh
 #
-# Each round runs, for every target in turn (direct, nginx, gateway, gateway-1t, then again):
+# Each round runs, for every target in turn (direct, nginx, go, gateway, gateway-1t, then again):
 #   small   GET /   (14-byte body)  wrk, CONNS connections, DURATION     -> req/s, p50, p99
 #   1MiB    GET /1m (1 MiB body)    wrk, CONNS connections, DURATION     -> MiB/s
 #   lat1    GET /   (14-byte body)  wrk, 1 connection, DURATION          -> p50, p99 unloaded
 # and reports the median of ROUNDS rounds per target and scenario, with the ratios
 # gateway/nginx and gateway/direct.
 #
+# Backends (BACKEND):
+#   hyper (default)  bench-backend (single-threaded hyper, ours) on its own port; each gateway's
+#                    instance is another bench-backend
+#   nginx            nginx, 1 worker, `return 200` of the same 14 bytes and a 1 MiB file, started
+#                    by the `gateway` target's deployment as its instance: direct, nginx and go
+#                    reach that very port. (gateway-1t, a second gateway process, starts its own
+#                    identical instance: a gateway forwards only to instances it started.)
+#
 # Targets:
-#   direct      bench-backend (single-threaded hyper) on its own port
+#   direct      the backend itself
 #   nginx       nginx, 1 worker, access_log off, upstream keepalive 64 to that backend
+#   go          Go's httputil.ReverseProxy (the data path of llama-swap, KEDA's HTTP interceptor,
+#               Knative's activator), 15 lines built with Debian's golang-go, MaxIdleConnsPerHost
+#               64 (like nginx's keepalive 64; Go's default of 2 would reconnect constantly)
 #   gateway     release `autodeploy serve`, tokio's default runtime (one worker per core), a
-#               deployment whose local-provider instance is another bench-backend
+#               deployment whose local-provider instance is the backend
 #   gateway-1t  the same with --worker-threads 1 (one worker thread, like nginx's 1 worker)
 #
-# Settings (environment): ROUNDS (3), DURATION (5s), CONNS (32), WRK_THREADS (1),
-# TARGETS ("direct nginx gateway gateway-1t"), CARGO_TARGET_DIR (target), SKIP_BUILD (unset),
-# OUT (a file to also write the summary to).
+# Settings (environment): BACKEND (hyper), ROUNDS (3), DURATION (5s), CONNS (32),
+# WRK_THREADS (1), TARGETS ("direct nginx go gateway gateway-1t"), CARGO_TARGET_DIR (target),
+# SKIP_BUILD (unset), OUT (a file to also write the summary to).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
-TARGETS=${TARGETS:-"direct nginx gateway gateway-1t"}
+TARGETS=${TARGETS:-"direct nginx go gateway gateway-1t"}
+BACKEND_KIND=${BACKEND:-hyper}
+case $BACKEND_KIND in
+    hyper | nginx) ;;
+    *)
+        echo "BACKEND must be hyper or nginx, not $BACKEND_KIND" >&2
+        exit 2
+        ;;
+esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
@@ -45,6 +67,16 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
     apt-get install -y -qq nginx-light wrk >/dev/null || apt-get install -y -qq nginx wrk >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ " $TARGETS " == *" go "* ]] && ! command -v go >/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "go is missing for the go target: run as root (or install golang-go)" >&2
+        exit 1
+    fi
+    log "installing golang-go from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || true
+    apt-get install -y -qq golang-go >/dev/null
+fi
 command -v python3 >/dev/null || { echo "python3 is needed for the summary" >&2; exit 1; }
 
 if [ -z "${SKIP_BUILD:-}" ]; then
@@ -53,7 +85,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
         -p autodeploy-proxy --bin autodeploy -p autodeploy-benches --bin bench-backend)
 fi
 AUTODEPLOY=$TARGET_DIR/release/autodeploy
-BACKEND=$TARGET_DIR/release/bench-backend
+BENCH_BACKEND=$TARGET_DIR/release/bench-backend
 
 # --- processes, all stopped on exit --------------------------------------------------------
 WORK=$(mktemp -d /tmp/autodeploy-loadtest.XXXXXX)
@@ -85,10 +117,93 @@ wait_http() { # url: until it answers 200 (the first gateway request cold-starts
     exit 1
 }
 
-BACKEND_PORT=$(free_port)
-"$BACKEND" --port "$BACKEND_PORT" >"$WORK/backend.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$BACKEND_PORT/"
+ROOT_USER=$( [ "$(id -u)" -eq 0 ] && echo "user root;" || true )
+
+# --- the backend ------------------------------------------------------------------------------
+# INSTANCE_COMMAND: what each gateway's deployment starts ({port} is the instance's port).
+# BACKEND_PORT and BACKEND_CPU_PID are known once the backend runs (for nginx: once the
+# `gateway` target's instance has started, below).
+if [ "$BACKEND_KIND" = hyper ]; then
+    INSTANCE_COMMAND="exec $BENCH_BACKEND --port {port}"
+    BACKEND_PORT=$(free_port)
+    "$BENCH_BACKEND" --port "$BACKEND_PORT" >"$WORK/backend.log" 2>&1 &
+    PIDS+=($!)
+    BACKEND_CPU_PID=$!
+    wait_http "http://127.0.0.1:$BACKEND_PORT/"
+else
+    mkdir -p "$WORK/backend/logs" "$WORK/backend/html"
+    head -c 1048576 /dev/zero >"$WORK/backend/html/1m"
+    # One config per instance (its port in the name), written by the start command.
+    cat >"$WORK/backend/nginx.conf.in" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/backend/nginx-@PORT@.pid;
+error_log $WORK/backend/logs/error-@PORT@.log warn;
+$ROOT_USER
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $WORK/backend/client_body;
+    proxy_temp_path $WORK/backend/proxy;
+    fastcgi_temp_path $WORK/backend/fastcgi;
+    uwsgi_temp_path $WORK/backend/uwsgi;
+    scgi_temp_path $WORK/backend/scgi;
+    sendfile on;
+    server {
+        listen 127.0.0.1:@PORT@;
+        default_type application/octet-stream;
+        location = / { return 200 "Hello, world!\n"; }
+        location = /1m { root $WORK/backend/html; }
+    }
+}
+EOF
+    INSTANCE_COMMAND="sed 's/@PORT@/{port}/g' $WORK/backend/nginx.conf.in >$WORK/backend/nginx-{port}.conf \
+&& echo {port} >>$WORK/backend/ports \
+&& exec $NGINX -p $WORK/backend -e $WORK/backend/logs/error-{port}.log -c $WORK/backend/nginx-{port}.conf"
+fi
+
+start_gateway() { # name threads-env; sets GATEWAY_PORT
+    local name=$1 port
+    port=$(free_port)
+    GATEWAY_PORT=$port
+    cat >"$WORK/$name.toml" <<EOF
+[gateway]
+listen = "127.0.0.1:$port"
+
+[[deployment]]
+id = "fast"
+start_command = """$INSTANCE_COMMAND"""
+idle_retention = "1h"
+max_instances = 1
+EOF
+    if [ -n "$2" ]; then
+        AUTODEPLOY_WORKER_THREADS=$2 RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" \
+            >"$WORK/$name.log" 2>&1 &
+    else
+        RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+    fi
+    PIDS+=($!)
+    GATEWAY_PID=$!
+}
+
+# BASE: where each target is reached; CPU_PID: the process whose CPU time is counted (the
+# backend for direct, nginx's worker, the go proxy, the gateway process without its instance).
+declare -A BASE CPU_PID
+GATEWAYS_STARTED=""
+if [[ " $TARGETS " == *" gateway "* ]] || [ "$BACKEND_KIND" = nginx ]; then
+    start_gateway gateway ""
+    BASE[gateway]="http://127.0.0.1:$GATEWAY_PORT/d/fast"
+    CPU_PID[gateway]=$GATEWAY_PID
+    GATEWAYS_STARTED="gateway"
+fi
+if [ "$BACKEND_KIND" = nginx ]; then
+    log "starting the nginx backend as the gateway's instance"
+    wait_http "${BASE[gateway]}/"
+    BACKEND_PORT=$(head -n 1 "$WORK/backend/ports")
+    BACKEND_CPU_PID=$(pgrep -P "$(cat "$WORK/backend/nginx-$BACKEND_PORT.pid")" | head -n 1)
+    wait_http "http://127.0.0.1:$BACKEND_PORT/"
+fi
 
 NGINX_PORT=$(free_port)
 mkdir -p "$WORK/nginx/logs"
@@ -97,7 +212,7 @@ worker_processes 1;
 daemon off;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/logs/error.log warn;
-$( [ "$(id -u)" -eq 0 ] && echo "user root;" )
+$ROOT_USER
 events { worker_connections 4096; }
 http {
     access_log off;
@@ -131,43 +246,56 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$NGINX_PORT/"
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | head -n 1)
 
-start_gateway() { # name threads-env; sets GATEWAY_PORT
-    local name=$1 port
-    port=$(free_port)
-    GATEWAY_PORT=$port
-    cat >"$WORK/$name.toml" <<EOF
-[gateway]
-listen = "127.0.0.1:$port"
-
-[[deployment]]
-id = "fast"
-start_command = "exec $BACKEND --port {port}"
-idle_retention = "1h"
-max_instances = 1
-EOF
-    if [ -n "$2" ]; then
-        AUTODEPLOY_WORKER_THREADS=$2 RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" \
-            >"$WORK/$name.log" 2>&1 &
-    else
-        RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
-    fi
-    PIDS+=($!)
-    GATEWAY_PID=$!
-}
-
-# BASE: where each target is reached; CPU_PID: the process whose CPU time is counted (the
-# backend for direct, nginx's worker, the gateway process without its instance).
-declare -A BASE CPU_PID
 BASE[direct]="http://127.0.0.1:$BACKEND_PORT"
-CPU_PID[direct]=${PIDS[0]}
+CPU_PID[direct]=$BACKEND_CPU_PID
 BASE[nginx]="http://127.0.0.1:$NGINX_PORT"
 CPU_PID[nginx]=$NGINX_WORKER
+
+if [[ " $TARGETS " == *" go "* ]]; then
+    mkdir -p "$WORK/goproxy"
+    cat >"$WORK/goproxy/main.go" <<'EOF'
+// goproxy LISTEN BACKEND_URL: Go's reverse proxy, as llama-swap, KEDA's HTTP interceptor and
+// Knative's activator use it.
+package main
+
+import (
+	"log"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+)
+
+func main() {
+	backend, err := url.Parse(os.Args[2])
+	if err != nil {
+		log.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(backend)
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 64
+	proxy.Transport = transport
+	log.Fatal(http.ListenAndServe(os.Args[1], proxy))
+}
+EOF
+    log "building the go target ($(go version))"
+    (cd "$WORK/goproxy" && GO111MODULE=off go build -o goproxy main.go)
+    GO_PORT=$(free_port)
+    "$WORK/goproxy/goproxy" "127.0.0.1:$GO_PORT" "http://127.0.0.1:$BACKEND_PORT" \
+        >"$WORK/goproxy/log" 2>&1 &
+    PIDS+=($!)
+    BASE[go]="http://127.0.0.1:$GO_PORT"
+    CPU_PID[go]=$!
+fi
+
 for target in $TARGETS; do
     case $target in
         gateway)
-            start_gateway gateway ""
-            BASE[gateway]="http://127.0.0.1:$GATEWAY_PORT/d/fast"
-            CPU_PID[gateway]=$GATEWAY_PID
+            if [ -z "$GATEWAYS_STARTED" ]; then
+                start_gateway gateway ""
+                BASE[gateway]="http://127.0.0.1:$GATEWAY_PORT/d/fast"
+                CPU_PID[gateway]=$GATEWAY_PID
+            fi
             ;;
         gateway-1t)
             start_gateway gateway-1t 1
@@ -229,18 +357,19 @@ done
 log "load after measuring: $(uptime)"
 
 # --- summary --------------------------------------------------------------------------------
-SUMMARY=$(python3 - "$RAW" "$ROUNDS" "$DURATION" "$CONNS" "$WRK_THREADS" <<'PY'
+SUMMARY=$(python3 - "$RAW" "$ROUNDS" "$DURATION" "$CONNS" "$WRK_THREADS" "$BACKEND_KIND" <<'PY'
 import csv, statistics, sys
-path, rounds, duration, conns, threads = sys.argv[1:]
+path, rounds, duration, conns, threads, backend = sys.argv[1:]
 rows = list(csv.DictReader(open(path), delimiter="\t"))
 targets = list(dict.fromkeys(r["target"] for r in rows))
 def med(target, scenario, field):
     vals = [float(r[field]) for r in rows if r["target"] == target and r["scenario"] == scenario]
     return statistics.median(vals) if vals else float("nan")
-print(f"Medians of {rounds} interleaved rounds, wrk -t{threads}, {duration} each; "
+print(f"Backend: {backend}. Medians of {rounds} interleaved rounds, wrk -t{threads}, {duration} each; "
       f"small and 1 MiB with {conns} connections, lat1 with 1 connection.\n")
 print("CPU µs/req: CPU time (user + system) of the measured process per request: the backend "
-      "for direct, the nginx worker, the gateway process (not its instance).\n")
+      "(its worker) for direct, the nginx worker, the go proxy, the gateway process (not its "
+      "instance).\n")
 print("| target | small req/s | small p50 µs | small p99 µs | 1 MiB MiB/s | lat1 p50 µs | lat1 p99 µs "
       "| small CPU µs/req | 1 MiB CPU µs/req |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -250,14 +379,14 @@ for t in targets:
           f"{med(t,'lat1','p50_us'):.0f} | {med(t,'lat1','p99_us'):.0f} | "
           f"{med(t,'small','cpu_us'):.1f} | {med(t,'1MiB','cpu_us'):.1f} |")
 print()
-gateways = [t for t in targets if t.startswith("gateway")]
-if gateways:
+proxies = [t for t in targets if t != "direct"]
+if proxies:
     print("| ratio | small req/s | 1 MiB MiB/s | small p50 | lat1 p50 | lat1 p50 added over direct µs "
           "| small CPU/req |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for g in gateways:
+    for g in proxies:
         for base in ("nginx", "direct"):
-            if base not in targets:
+            if base not in targets or base == g:
                 continue
             r = lambda s, f: med(g, s, f) / med(base, s, f)
             added = med(g, "lat1", "p50_us") - med("direct", "lat1", "p50_us")
