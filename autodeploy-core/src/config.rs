@@ -102,6 +102,33 @@ pub struct DeployConfig {
     /// live instances): a start that would exceed it is refused (code 1021). None = no limit.
     #[serde(default)]
     pub budget: Option<BudgetLimit>,
+    /// What a container needs beyond its image, for providers that run containers
+    /// (`docker = { shm_size = "8g", volumes = ["/models:/models:ro"] }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<ContainerOptions>,
+}
+
+/// Container settings of a deployment: what model servers need (vLLM wants a large
+/// `/dev/shm`; weights come from a mounted volume). Sizes are written `"512m"`, `"8g"` or in
+/// bytes; the provider that runs containers validates them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerOptions {
+    /// The size of `/dev/shm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<String>,
+    /// Mounts, `source:target[:ro]` (a host path or a named volume).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Extra `/etc/hosts` entries, `name:address`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    /// The memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// The CPU limit, in CPUs (`1.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
 }
 
 /// A spending limit: `budget = { max_per_hour = 4.0 }`, on a deployment or for the whole
@@ -309,6 +336,7 @@ impl DeployConfig {
             scale_out_step: 0,
             cancel_unwanted_starts: false,
             budget: None,
+            docker: None,
         }
     }
 

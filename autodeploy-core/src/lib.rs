@@ -44,8 +44,8 @@ pub mod provider;
 pub mod route;
 
 pub use config::{
-    BudgetLimit, DeployConfig, FieldError, GpuSpec, QueueConfig, ReadinessProbe, UpstreamProtocol,
-    ValidationErrors,
+    BudgetLimit, ContainerOptions, DeployConfig, FieldError, GpuSpec, QueueConfig, ReadinessProbe,
+    UpstreamProtocol, ValidationErrors,
 };
 pub use controller::{
     Controller, ControllerBuilder, ControllerEvent, EventSink, InstanceInfo, Lease, NoEvents,

@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::config::{DeployConfig, FieldError, GpuSpec, ReadinessProbe, UpstreamProtocol};
+use crate::config::{
+    ContainerOptions, DeployConfig, FieldError, GpuSpec, ReadinessProbe, UpstreamProtocol,
+};
 use crate::error::{ErrorCode, GatewayError};
 use crate::instance_id::InstanceId;
 
@@ -50,6 +52,8 @@ pub struct InstanceSpec {
     pub start_timeout: Duration,
     /// The HTTP version the instance speaks; an HTTP readiness probe speaks it too.
     pub protocol: UpstreamProtocol,
+    /// Container settings, for providers that run containers.
+    pub container: Option<ContainerOptions>,
 }
 
 impl InstanceSpec {
@@ -71,6 +75,7 @@ impl InstanceSpec {
             readiness: config.readiness.clone(),
             start_timeout: config.start_timeout,
             protocol: config.upstream,
+            container: config.docker.clone(),
         }
     }
 }

@@ -6,6 +6,9 @@
 //!   start command on a free loopback port, in its own process group, with GPU slots handed
 //!   out through `CUDA_VISIBLE_DEVICES` and a state directory for reconciliation after a
 //!   restart.
+//! - `Docker` (cargo feature `docker`, on by default): a container per instance on one of
+//!   several Docker engines, with GPU slots per host, readiness proven over the published
+//!   port, deaths from the engine's event stream, and reconciliation by labels.
 //! - [`Simulated`]: for tests, benchmarks and capacity planning. An instance is a real
 //!   in-process HTTP server on a loopback port that reports its id, with configurable boot
 //!   time, failures and crashes, deterministic under a seed and tokio's paused clock.
@@ -39,9 +42,12 @@
 //! [`ProvidersConfig::tables`]. Its [`GpuProvider::validate_deployment`](autodeploy_core::GpuProvider::validate_deployment)
 //! should call the same check as its table's, so the API and `autodeploy check` agree.
 
+#[cfg(feature = "docker")]
+pub mod docker;
 #[cfg(feature = "glows")]
 pub mod glows;
 pub mod local;
+mod readiness;
 pub mod registry;
 #[cfg(any(feature = "runpod", feature = "glows"))]
 pub mod remote;
@@ -49,6 +55,8 @@ pub mod remote;
 pub mod runpod;
 pub mod simulated;
 
+#[cfg(feature = "docker")]
+pub use docker::{Docker, DockerConfig, DockerConfigError};
 pub use local::{Local, LocalConfig, LocalConfigError};
 pub use registry::{BuildContext, ProviderTable, Providers, ProvidersConfig, RegistryError};
 pub use simulated::{Simulated, SimulatedConfig, SimulatedConfigError};

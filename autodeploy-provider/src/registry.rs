@@ -72,6 +72,10 @@ pub struct ProvidersConfig {
     /// `[providers.simulated]`: the simulated provider.
     #[serde(default)]
     pub simulated: SimulatedConfig,
+    /// `[providers.docker]`: containers on Docker engines.
+    #[cfg(feature = "docker")]
+    #[serde(default)]
+    pub docker: crate::DockerConfig,
     /// `[providers.runpod]`: RunPod pods over the REST API (feature `runpod`); absent: off.
     #[cfg(feature = "runpod")]
     #[serde(default)]
@@ -98,6 +102,8 @@ impl ProvidersConfig {
         #[allow(unused_mut)]
         let mut tables: Vec<(&'static str, &dyn ProviderTable)> =
             vec![("local", &self.local), ("simulated", &self.simulated)];
+        #[cfg(feature = "docker")]
+        tables.push(("docker", &self.docker));
         #[cfg(feature = "runpod")]
         tables.push(("runpod", &self.runpod));
         #[cfg(feature = "glows")]
@@ -264,12 +270,17 @@ mod tests {
         }
     }
 
+    fn config_names_the_docker_provider() -> bool {
+        ProvidersConfig::default().names().contains(&"docker")
+    }
+
     #[test]
     fn an_unknown_provider_is_named_with_the_known_ones() {
         let errors = ProvidersConfig::default().validate_deployment(&deployment("cloud", "x"));
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, "provider");
         assert!(errors[0].message.contains("local, simulated"), "{errors:?}");
+        assert_eq!(config_names_the_docker_provider(), cfg!(feature = "docker"),);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use autodeploy_core::{Endpoint, ExitReport, InstanceId, ProviderError};
 use super::gpu::{GpuGrant, GpuPool};
 use super::log::LogRing;
 use super::process;
-use super::readiness::Probe;
+use crate::readiness::Probe;
 
 /// How long the exit report waits for the output pipes to drain after the process ended
 /// (a grandchild may hold them open for ever).

@@ -71,7 +71,6 @@ mod instance;
 mod log;
 mod port;
 mod process;
-mod readiness;
 mod state_dir;
 
 use std::collections::HashMap;
@@ -92,10 +91,10 @@ use autodeploy_core::{
 
 pub use config::{LocalConfig, LocalConfigError};
 
+use crate::readiness::{Backoff, Outcome, Probe};
 use gpu::{GpuGrant, GpuPool};
 use instance::{Instance, InstanceParts, Origin};
 use log::LogRing;
-use readiness::{Backoff, Outcome, Probe};
 use state_dir::{Record, StateDir};
 
 /// How many log lines a start failure or an exit report carries.

@@ -1,5 +1,5 @@
-//! Readiness: is the instance's port accepting connections, and does its readiness path
-//! answer something other than a 5xx?
+//! Readiness, shared by the providers: is the instance's port accepting connections, and
+//! does its readiness path answer something other than a 5xx?
 //!
 //! The probe speaks just enough HTTP/1.1 itself (one `GET`, read the status line) to stay
 //! cheap: it runs every few milliseconds while an instance boots. For an instance that speaks
@@ -57,6 +57,8 @@ pub(crate) struct Probe {
     path: Option<String>,
     /// The path is requested over HTTP/2 (prior knowledge) rather than HTTP/1.1.
     h2: bool,
+    /// Any HTTP status counts: only that the service answers is checked.
+    any_status: bool,
 }
 
 impl Probe {
@@ -74,7 +76,31 @@ impl Probe {
             Some(p) if p.starts_with('/') => Some(p.to_owned()),
             Some(p) => Some(format!("/{p}")),
         };
-        Ok(Self { addr, path, h2 })
+        Ok(Self {
+            addr,
+            path,
+            h2,
+            any_status: false,
+        })
+    }
+
+    /// A probe that needs an HTTP answer even without a readiness path: `GET /`, where any
+    /// status counts. For instances behind a port forwarder (Docker's userland proxy) that
+    /// accepts connections before the service listens, so a TCP connect proves nothing.
+    pub(crate) fn answered(mut self) -> Self {
+        if self.path.is_none() {
+            self.path = Some("/".to_owned());
+            self.any_status = true;
+        }
+        self
+    }
+
+    fn judge(&self, status: Result<u16, String>) -> Outcome {
+        match status {
+            Ok(status) if status < 500 || self.any_status => Outcome::Ready,
+            Ok(status) => Outcome::NotReady(format!("status {status}")),
+            Err(err) => Outcome::NotReady(err),
+        }
     }
 
     /// Probes once, bounded by [`PROBE_TIMEOUT`].
@@ -95,11 +121,7 @@ impl Probe {
         };
         let _ = stream.set_nodelay(true);
         if self.h2 {
-            return match h2_status(stream, self.addr, path).await {
-                Ok(status) if status < 500 => Outcome::Ready,
-                Ok(status) => Outcome::NotReady(format!("status {status}")),
-                Err(err) => Outcome::NotReady(err),
-            };
+            return self.judge(h2_status(stream, self.addr, path).await);
         }
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: autodeploy-readiness\r\n\
@@ -107,12 +129,14 @@ impl Probe {
             self.addr
         );
         if let Err(err) = stream.write_all(request.as_bytes()).await {
-            return Outcome::NotReady(err.to_string());
+            return Outcome::Closed(err.to_string());
         }
         match read_status(&mut stream).await {
-            Ok(status) if status < 500 => Outcome::Ready,
-            Ok(status) => Outcome::NotReady(format!("status {status}")),
-            Err(err) => Outcome::NotReady(err),
+            // A forwarder that accepted for a service not listening yet closes at once: as
+            // good as a refused connection, so probes stay fast.
+            Err(ReadError::Closed(why)) => Outcome::Closed(why),
+            Err(ReadError::Bad(why)) => Outcome::NotReady(why),
+            Ok(status) => self.judge(Ok(status)),
         }
     }
 }
@@ -121,6 +145,7 @@ impl fmt::Display for Probe {
     /// What is tried, as the timeout error says it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.path {
+            Some(_) if self.any_status => write!(f, "an HTTP answer from {}", self.addr),
             Some(path) if self.h2 => write!(f, "GET http://{}{path} over HTTP/2", self.addr),
             Some(path) => write!(f, "GET http://{}{path}", self.addr),
             None => write!(f, "TCP connect to {}", self.addr),
@@ -150,7 +175,15 @@ async fn h2_status(stream: TcpStream, addr: SocketAddr, path: &str) -> Result<u1
     status
 }
 
-async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
+/// Why no status was read.
+enum ReadError {
+    /// The connection closed or was reset before a status line.
+    Closed(String),
+    /// Something answered that is not an HTTP status line.
+    Bad(String),
+}
+
+async fn read_status(stream: &mut TcpStream) -> Result<u16, ReadError> {
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 256];
     let line_end = loop {
@@ -158,19 +191,28 @@ async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
             break end;
         }
         if buf.len() > MAX_STATUS_LINE {
-            return Err("status line too long".into());
+            return Err(ReadError::Bad("status line too long".into()));
         }
         match stream.read(&mut chunk).await {
-            Ok(0) => return Err("connection closed before a status line".into()),
+            Ok(0) if buf.is_empty() => {
+                return Err(ReadError::Closed(
+                    "connection closed before a status line".into(),
+                ));
+            }
+            Ok(0) => {
+                return Err(ReadError::Bad(
+                    "connection closed in the status line".into(),
+                ));
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(err) => return Err(err.to_string()),
+            Err(err) => return Err(ReadError::Closed(err.to_string())),
         }
     };
     parse_status_line(&buf[..line_end]).ok_or_else(|| {
-        format!(
+        ReadError::Bad(format!(
             "not an HTTP status line: {:?}",
             String::from_utf8_lossy(&buf[..line_end])
-        )
+        ))
     })
 }
 
@@ -255,6 +297,25 @@ mod tests {
             "TCP connect to 127.0.0.1:9"
         );
         assert!(Probe::new(addr, Some("/a b"), false).is_err());
+        let answered = Probe::new(addr, None, false).unwrap().answered();
+        assert_eq!(answered.to_string(), "an HTTP answer from 127.0.0.1:9");
+    }
+
+    #[tokio::test]
+    async fn an_answered_probe_takes_any_status_but_not_a_closed_connection() {
+        let failing = server(false, 503).await;
+        let probe = Probe::new(failing, None, false).unwrap().answered();
+        assert_eq!(probe.check().await, Outcome::Ready);
+        // A forwarder that accepts and closes at once: as closed as a refused port.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closing = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        let probe = Probe::new(closing, None, false).unwrap().answered();
+        assert!(matches!(probe.check().await, Outcome::Closed(_)));
     }
 
     /// Serves `status` on every path, over HTTP/2 only or HTTP/1.1 only.
@@ -302,8 +363,8 @@ mod tests {
             Outcome::NotReady("status 503".into())
         );
         // The other protocol gets no status from either: never ready, never a panic.
-        assert!(matches!(ready(h2, false).await, Outcome::NotReady(_)));
-        assert!(matches!(ready(h1, true).await, Outcome::NotReady(_)));
+        assert_ne!(ready(h2, false).await, Outcome::Ready);
+        assert_ne!(ready(h1, true).await, Outcome::Ready);
     }
 
     #[tokio::test(start_paused = true)]
