@@ -76,6 +76,15 @@ pub struct DockerHost {
     /// Client certificates for a TLS engine (`tcp://` URLs on 2376).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// GPUs are requested with a `DeviceRequest` for the `nvidia` driver (what `docker run
+    /// --gpus` sends; the default). `false`: only `NVIDIA_VISIBLE_DEVICES` is set, for hosts
+    /// whose default runtime is `nvidia` (it reads that variable), or to run GPU-less tests.
+    #[serde(default = "default_true")]
+    pub device_requests: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The files of a TLS connection to an engine, as `docker --tlsverify` uses them.
@@ -133,6 +142,7 @@ impl DockerHost {
             gpus: Vec::new(),
             advertise: None,
             tls: None,
+            device_requests: true,
         }
     }
 

@@ -185,6 +185,8 @@ impl Inner {
         };
         if !gpus.is_empty() {
             env.insert("NVIDIA_VISIBLE_DEVICES".into(), gpus.join(","));
+        }
+        if !gpus.is_empty() && self.hosts[host].config.device_requests {
             host_config.device_requests = Some(vec![DeviceRequest {
                 driver: Some("nvidia".into()),
                 device_ids: Some(gpus.to_vec()),
@@ -307,4 +309,106 @@ fn with_log(err: ProviderError, lines: Vec<String>) -> ProviderError {
 /// Whether an engine error is "not found" (the thing is already gone).
 pub(crate) fn is_gone(err: &EngineError) -> bool {
     engine_status(err) == Some(404)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use autodeploy_core::{ContainerOptions, DeployConfig};
+
+    use super::super::{Docker, DockerConfig, DockerHost};
+    use super::*;
+
+    fn body(device_requests: bool) -> ContainerCreateBody {
+        let docker = Docker::new(DockerConfig {
+            hosts: vec![DockerHost {
+                name: "gpu-box".into(),
+                gpus: vec!["0".into(), "1".into()],
+                device_requests,
+                ..DockerHost::local()
+            }],
+            ..DockerConfig::default()
+        })
+        .unwrap();
+        let mut config = DeployConfig::new(
+            "tts",
+            "--model '/models/a b' --port {port}",
+            Duration::from_secs(60),
+            1,
+        );
+        config.image = Some("vllm:test".into());
+        config.port = 9000;
+        config.gpu.count = 2;
+        config.docker = Some(ContainerOptions {
+            shm_size: Some("1g".into()),
+            volumes: vec!["/models:/models:ro".into()],
+            cpus: Some(1.5),
+            ..ContainerOptions::default()
+        });
+        let spec = InstanceSpec::from_config(&config, InstanceId::generate());
+        let labels = docker.inner.labels(0, &spec);
+        docker
+            .inner
+            .container_body(0, &spec, "vllm:test", &["0".into(), "1".into()], labels)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_create_request_carries_the_granted_gpus_port_and_container_fields() {
+        let body = body(true);
+        let host = body.host_config.clone().unwrap();
+        assert_eq!(
+            host.device_requests,
+            Some(vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                device_ids: Some(vec!["0".into(), "1".into()]),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..DeviceRequest::default()
+            }])
+        );
+        let env = body.env.clone().unwrap();
+        assert!(
+            env.contains(&"NVIDIA_VISIBLE_DEVICES=0,1".to_owned()),
+            "{env:?}"
+        );
+        assert!(env.contains(&"PORT=9000".to_owned()), "{env:?}");
+        assert_eq!(
+            host.port_bindings.unwrap()["9000/tcp"],
+            Some(vec![PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(String::new()),
+            }]),
+            "the engine chooses the host port"
+        );
+        assert_eq!(body.exposed_ports, Some(vec!["9000/tcp".into()]));
+        assert_eq!(
+            body.cmd,
+            Some(vec![
+                "--model".into(),
+                "/models/a b".into(),
+                "--port".into(),
+                "9000".into()
+            ])
+        );
+        assert_eq!(host.shm_size, Some(1 << 30));
+        assert_eq!(host.nano_cpus, Some(1_500_000_000));
+        assert_eq!(host.binds, Some(vec!["/models:/models:ro".into()]));
+        let labels = body.labels.unwrap();
+        assert_eq!(labels["autodeploy.deployment"], "tts");
+        assert_eq!(labels["autodeploy.host"], "gpu-box");
+        assert_eq!(labels["autodeploy.owner"], "autodeploy");
+        assert!(labels.contains_key("autodeploy.instance"));
+    }
+
+    #[test]
+    fn without_device_requests_only_the_variable_names_the_gpus() {
+        let body = body(false);
+        assert_eq!(body.host_config.unwrap().device_requests, None);
+        assert!(
+            body.env
+                .unwrap()
+                .contains(&"NVIDIA_VISIBLE_DEVICES=0,1".to_owned())
+        );
+    }
 }
