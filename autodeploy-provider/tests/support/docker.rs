@@ -166,9 +166,8 @@ async fn build_stub_image(docker: &Docker, healthcheck: bool) -> String {
     }
     let mut dockerfile = String::from("FROM scratch\nCOPY . /\nENTRYPOINT [\"/stub\"]\n");
     if healthcheck {
-        dockerfile.push_str(
-            "HEALTHCHECK --interval=300ms --timeout=1s CMD [\"/stub\", \"--health\"]\n",
-        );
+        dockerfile
+            .push_str("HEALTHCHECK --interval=300ms --timeout=1s CMD [\"/stub\", \"--health\"]\n");
     }
     let context = tokio::task::spawn_blocking(move || {
         let mut tar = tar::Builder::new(Vec::new());
