@@ -54,6 +54,7 @@ pub use error::{ErrorCode, GatewayError};
 pub use instance_id::InstanceId;
 pub use lifecycle::{DeploymentStatus, IllegalTransition, InstanceState, LifecycleEvent};
 pub use provider::{
-    Endpoint, ExitReport, GpuProvider, InstanceSpec, ProvidedInstance, ProviderError, Scheme,
+    Endpoint, ExitReport, GpuProvider, InstanceSpec, ProvidedInstance, ProviderCounter,
+    ProviderError, Scheme,
 };
 pub use route::{OnDemandOnly, ReadyInstance, RouteView, ScalePolicy, Target};

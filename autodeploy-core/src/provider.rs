@@ -194,6 +194,20 @@ pub struct ExitReport {
     pub last_log: Vec<String>,
 }
 
+/// One counter a provider keeps, rendered in `/metrics` as
+/// `autodeploy_provider_{name}_total{provider="...", labels...}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderCounter {
+    /// The metric's name after `autodeploy_provider_` (`[a-z_]`), without `_total`.
+    pub name: &'static str,
+    /// What it counts, for the `# HELP` line.
+    pub help: &'static str,
+    /// Its labels beyond `provider`.
+    pub labels: Vec<(&'static str, String)>,
+    /// Its value.
+    pub value: u64,
+}
+
 /// What can go wrong at a provider.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -296,6 +310,19 @@ pub trait GpuProvider: Send + Sync + fmt::Debug {
     async fn wait_exit(&self, id: InstanceId) -> ExitReport {
         let _ = id;
         std::future::pending().await
+    }
+
+    /// Where the instance runs, in the provider's terms (a Docker host entry's name), shown
+    /// with the instance in the management API; `None` where there is one place only.
+    fn location(&self, id: InstanceId) -> Option<String> {
+        let _ = id;
+        None
+    }
+
+    /// The provider's own counters, for `/metrics` (e.g. hosts skipped because their
+    /// engine did not answer). The default has none.
+    fn counters(&self) -> Vec<ProviderCounter> {
+        Vec::new()
     }
 
     /// The instance's last `lines` log lines, oldest first; empty when the provider keeps none.

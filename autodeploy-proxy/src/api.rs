@@ -167,6 +167,9 @@ fn summary(gateway: &Gateway, controller: &Controller) -> DeploymentSummary {
 struct InstanceView {
     #[serde(flatten)]
     info: InstanceInfo,
+    /// Where it runs, where the provider has several places (a Docker host's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
     last_log: Vec<String>,
 }
 
@@ -176,6 +179,7 @@ fn instance_views(controller: &Controller) -> Vec<InstanceView> {
         .into_iter()
         .map(|info| InstanceView {
             last_log: controller.logs(info.id, LOG_LINES),
+            host: controller.provider().location(info.id),
             info,
         })
         .collect()
@@ -403,7 +407,9 @@ async fn metrics(State(gateway): State<Gateway>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        gateway.metrics().render(controllers.iter()),
+        gateway
+            .metrics()
+            .render(controllers.iter(), &gateway.provider_counters()),
     )
 }
 

@@ -356,6 +356,14 @@ mod tests {
         assert!(!config.deployments.is_empty());
     }
 
+    #[cfg(feature = "docker")]
+    #[test]
+    fn the_docker_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/docker.toml");
+        let config = GatewayConfig::load(&path).unwrap();
+        assert_eq!(config.deployments[0].provider, "docker");
+    }
+
     #[test]
     fn every_problem_is_reported_with_its_field() {
         let config = GatewayConfig::parse(

@@ -354,6 +354,20 @@ impl Gateway {
         self.shared.budget.as_ref()
     }
 
+    /// Every provider's own counters, each with the name the provider is registered under.
+    pub fn provider_counters(&self) -> Vec<(String, autodeploy_core::ProviderCounter)> {
+        self.shared
+            .providers
+            .iter()
+            .flat_map(|(name, provider)| {
+                provider
+                    .counters()
+                    .into_iter()
+                    .map(move |counter| (name.clone(), counter))
+            })
+            .collect()
+    }
+
     /// The controller of deployment `id`.
     pub fn controller(&self, id: &str) -> Option<Controller> {
         self.deployment(id).map(|d| d.controller.clone())

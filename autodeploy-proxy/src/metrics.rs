@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicU64;
 
-use autodeploy_core::{Controller, ControllerEvent, EventSink, InstanceState};
+use autodeploy_core::{Controller, ControllerEvent, EventSink, InstanceState, ProviderCounter};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -194,8 +194,12 @@ impl Metrics {
     }
 
     /// Renders every metric in the Prometheus text format, with the gauges read from
-    /// `controllers` now.
-    pub fn render<'a>(&self, controllers: impl IntoIterator<Item = &'a Controller>) -> String {
+    /// `controllers` now, and the providers' own counters (each with the provider's name).
+    pub fn render<'a>(
+        &self,
+        controllers: impl IntoIterator<Item = &'a Controller>,
+        providers: &[(String, ProviderCounter)],
+    ) -> String {
         self.instances.clear();
         self.queue_depth.clear();
         self.cost.clear();
@@ -231,8 +235,43 @@ impl Metrics {
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(%err, "metrics encoding failed");
         }
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        out.insert_str(eof, &provider_counters(providers));
         out
     }
+}
+
+/// The providers' counters as OpenMetrics counter families, one `# HELP`/`# TYPE` per name.
+fn provider_counters(counters: &[(String, ProviderCounter)]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut named: Vec<&str> = counters.iter().map(|(_, c)| c.name).collect();
+    named.sort_unstable();
+    named.dedup();
+    for name in named {
+        let family = format!("autodeploy_provider_{name}");
+        let mut first = true;
+        for (provider, counter) in counters.iter().filter(|(_, c)| c.name == name) {
+            if first {
+                let _ = writeln!(out, "# HELP {family} {}", counter.help);
+                let _ = writeln!(out, "# TYPE {family} counter");
+                first = false;
+            }
+            let mut labels = format!("provider=\"{}\"", escape(provider));
+            for (key, value) in &counter.labels {
+                let _ = write!(labels, ",{key}=\"{}\"", escape(value));
+            }
+            let _ = writeln!(out, "{family}_total{{{labels}}} {}", counter.value);
+        }
+    }
+    out
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl EventSink for Metrics {
@@ -283,5 +322,33 @@ impl EventSink for Metrics {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_counters_are_counter_families_before_the_end_marker() {
+        let counter = |host: &str, value| ProviderCounter {
+            name: "docker_hosts_skipped",
+            help: "Skipped hosts.",
+            labels: vec![("host", host.to_owned())],
+            value,
+        };
+        let text = Metrics::new().render(
+            std::iter::empty(),
+            &[
+                ("docker".to_owned(), counter("dead", 3)),
+                ("docker".to_owned(), counter("a\"b", 0)),
+            ],
+        );
+        let family = "# HELP autodeploy_provider_docker_hosts_skipped Skipped hosts.\n\
+             # TYPE autodeploy_provider_docker_hosts_skipped counter\n\
+             autodeploy_provider_docker_hosts_skipped_total{provider=\"docker\",host=\"dead\"} 3\n\
+             autodeploy_provider_docker_hosts_skipped_total{provider=\"docker\",host=\"a\\\"b\"} 0\n";
+        assert!(text.contains(family), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

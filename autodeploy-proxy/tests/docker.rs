@@ -104,6 +104,24 @@ async fn a_link_cold_starts_a_container_and_names_it_in_deploy_route_target() {
         .unwrap();
     assert_eq!(detail["instances"][0]["id"], target.as_str());
     assert_eq!(detail["instances"][0]["endpoint"]["host"], "127.0.0.1");
+    assert_eq!(
+        detail["instances"][0]["host"], "local",
+        "the docker host's name"
+    );
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "autodeploy_provider_docker_hosts_skipped_total{provider=\"docker\",host=\"local\"} 0"
+        ),
+        "{metrics}"
+    );
 
     drop(gateway);
     tokio::time::timeout(Duration::from_secs(20), serving.stop())

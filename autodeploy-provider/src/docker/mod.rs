@@ -51,7 +51,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use autodeploy_core::{
     DeployConfig, Endpoint, ExitReport, FieldError, GpuProvider, InstanceId, InstanceSpec,
-    ProvidedInstance, ProviderError, UpstreamProtocol,
+    ProvidedInstance, ProviderCounter, ProviderError, UpstreamProtocol,
 };
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -306,5 +306,21 @@ impl GpuProvider for Docker {
 
     fn validate_deployment(&self, config: &DeployConfig) -> Vec<FieldError> {
         self.inner.config.validate_deployment(config)
+    }
+
+    fn location(&self, id: InstanceId) -> Option<String> {
+        self.host_of(id)
+    }
+
+    fn counters(&self) -> Vec<ProviderCounter> {
+        self.skipped()
+            .into_iter()
+            .map(|(host, value)| ProviderCounter {
+                name: "docker_hosts_skipped",
+                help: "Placements that skipped a Docker host because its engine did not answer.",
+                labels: vec![("host", host)],
+                value,
+            })
+            .collect()
     }
 }
