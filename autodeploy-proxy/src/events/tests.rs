@@ -101,7 +101,7 @@ async fn drops_are_counted_in_the_metrics() {
         hub.publish("d", requests(n));
     }
     assert_eq!(slow.recv().await, Some(Received::Lagged { dropped: 3 }));
-    let text = metrics.render([]);
+    let text = metrics.render([], &[]);
     assert!(text.contains("autodeploy_events_dropped_total 3"), "{text}");
 }
 
