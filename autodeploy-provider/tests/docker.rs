@@ -424,3 +424,50 @@ async fn an_image_healthcheck_must_pass_before_ready() {
     docker.release(id).await.unwrap();
     assert!(containers(&engine, test).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_container_that_appears_after_the_restart_listing_is_swept() {
+    let test = "docker-orphan-sweep";
+    let Some(engine) = engine(test).await else {
+        return;
+    };
+    let image = stub_image(&engine).await;
+    let docker = provider(test, Vec::new());
+    assert!(docker.list_owned().await.unwrap().is_empty());
+    // What a crashed gateway's create leaves when the engine finishes it after the new
+    // gateway listed the host: a container with our labels that nobody holds.
+    let labels = std::collections::HashMap::from([
+        ("autodeploy.owner".to_owned(), test.to_owned()),
+        ("autodeploy.host".to_owned(), "local".to_owned()),
+        ("autodeploy.deployment".to_owned(), "web".to_owned()),
+        (
+            "autodeploy.instance".to_owned(),
+            InstanceId::generate().to_string(),
+        ),
+        (TEST_LABEL.to_owned(), test.to_owned()),
+    ]);
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(image),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    engine.create_container(None, body).await.unwrap();
+    assert_eq!(containers(&engine, test).await.len(), 1);
+    let began = Instant::now();
+    while !containers(&engine, test).await.is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(15),
+            "the orphan was not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its own containers are never swept.
+    let spec = spec("web", &support::stub_image(&engine).await, &[]);
+    let id = spec.instance;
+    docker.create(spec).await.unwrap();
+    docker.wait_ready(id).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(containers(&engine, test).await.len(), 1);
+    docker.release(id).await.unwrap();
+    eprintln!("orphan swept after {:?}", began.elapsed());
+}

@@ -24,6 +24,7 @@ impl Inner {
         spec: InstanceSpec,
     ) -> Result<Endpoint, ProviderError> {
         let created = Instant::now();
+        self.sweep_orphans();
         let lock = self.create_lock(spec.instance);
         let _guard = lock.lock().await;
         if let Some(existing) = self.get(spec.instance) {

@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether each host's event watcher runs.
     watching: Mutex<Vec<bool>>,
+    /// Whether the orphan sweeper runs.
+    sweeping: AtomicBool,
 }
 
 /// A container this provider started.
@@ -198,6 +200,7 @@ impl Docker {
                 config,
                 records: Mutex::new(HashMap::new()),
                 locks: Mutex::new(HashMap::new()),
+                sweeping: AtomicBool::new(false),
             }),
         })
     }

@@ -22,8 +22,11 @@ const INSPECT_EVERY: Duration = Duration::from_millis(250);
 
 /// What the engine says about a starting container.
 enum EngineView {
-    /// Running, and healthy or without a healthcheck.
-    Running,
+    /// Running, and healthy (`healthcheck`) or without a healthcheck.
+    Running {
+        /// Whether the image has a healthcheck (then it passed).
+        healthcheck: bool,
+    },
     /// Running, with a healthcheck that has not passed yet.
     Unhealthy(String),
     /// Stopped: why.
@@ -54,6 +57,9 @@ impl Inner {
         let mut backoff = Backoff::new(container.created, container.probe_interval);
         let mut last = String::from("not probed yet");
         let mut next_inspect = Instant::now();
+        // Seen running without a healthcheck: an HTTP answer on its port is then enough, so
+        // the moment it answers costs no further engine round trip.
+        let mut running_plain = false;
         loop {
             if let Some(report) = exit.borrow().clone() {
                 return Err(ProviderError::StartFailed {
@@ -64,11 +70,14 @@ impl Inner {
             let outcome = probe.check().await;
             let open = !matches!(outcome, Outcome::Closed(_));
             let probed_ready = outcome == Outcome::Ready;
+            if probed_ready && running_plain {
+                return Ok(());
+            }
             if probed_ready || Instant::now() >= next_inspect {
                 next_inspect = Instant::now() + INSPECT_EVERY;
                 match self.engine_view(docker, &container.name).await {
-                    EngineView::Running if probed_ready => return Ok(()),
-                    EngineView::Running => {}
+                    EngineView::Running { .. } if probed_ready => return Ok(()),
+                    EngineView::Running { healthcheck } => running_plain = !healthcheck,
                     EngineView::Unhealthy(why) => last = why,
                     EngineView::Exited(reason) => {
                         let last_log = self.last_log(docker, &container.name).await;
@@ -134,8 +143,10 @@ impl Inner {
             }
         }
         match state.health.and_then(|h| h.status) {
-            None | Some(HealthStatusEnum::EMPTY | HealthStatusEnum::NONE) => EngineView::Running,
-            Some(HealthStatusEnum::HEALTHY) => EngineView::Running,
+            None | Some(HealthStatusEnum::EMPTY | HealthStatusEnum::NONE) => {
+                EngineView::Running { healthcheck: false }
+            }
+            Some(HealthStatusEnum::HEALTHY) => EngineView::Running { healthcheck: true },
             Some(other) => EngineView::Unhealthy(format!("healthcheck: {other}")),
         }
     }

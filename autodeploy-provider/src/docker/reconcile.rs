@@ -4,6 +4,9 @@
 //! started are reported whatever the engines say.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use autodeploy_core::provider::{LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_OWNER};
 use autodeploy_core::{Endpoint, InstanceId, ProvidedInstance, ProviderError};
@@ -15,9 +18,10 @@ use super::{Inner, LABEL_GPUS, LABEL_HOST};
 impl Inner {
     /// The instances held, of `deployment` or of every deployment.
     pub(crate) async fn list(
-        &self,
+        self: &Arc<Self>,
         deployment: Option<&str>,
     ) -> Result<Vec<ProvidedInstance>, ProviderError> {
+        self.sweep_orphans();
         let mut found: BTreeMap<InstanceId, ProvidedInstance> = self
             .records
             .lock()
@@ -38,7 +42,13 @@ impl Inner {
             let docker = match host.answers().await {
                 Ok(docker) => docker,
                 Err(err) => {
-                    tracing::warn!(host = host.name(), %err, "cannot list a docker host's containers");
+                    // Without configured hosts this is the default local engine, which a
+                    // gateway that runs no containers may well lack: say so quietly.
+                    if self.config.hosts.is_empty() {
+                        tracing::info!(host = host.name(), %err, "no docker engine to list");
+                    } else {
+                        tracing::warn!(host = host.name(), %err, "cannot list a docker host's containers");
+                    }
                     continue;
                 }
             };
@@ -87,4 +97,71 @@ fn provided(summary: ContainerSummary, advertise: &str) -> Option<ProvidedInstan
         endpoint,
         labels,
     })
+}
+
+/// How often each host is swept for orphans.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+impl Inner {
+    /// Starts the orphan sweeper unless it runs: every few seconds, each host's containers
+    /// with our owner label that this provider neither holds nor is creating or releasing are
+    /// removed. They are what a crashed gateway's create left in flight at the engine: the
+    /// container appeared after the restarted gateway had listed the host.
+    pub(crate) fn sweep_orphans(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                for host in 0..inner.hosts.len() {
+                    inner.sweep(host).await;
+                }
+            }
+        });
+    }
+
+    async fn sweep(&self, host: usize) {
+        let Ok(docker) = self.hosts[host].client().await else {
+            return;
+        };
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_OWNER}={}", self.config.owner),
+                format!("{LABEL_HOST}={}", self.hosts[host].name()),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let Ok(listed) = docker.list_containers(Some(options)).await else {
+            return;
+        };
+        for summary in listed {
+            let Some(name) = summary.id.clone() else {
+                continue;
+            };
+            let Some(id) = summary
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_INSTANCE))
+                .and_then(|i| i.parse::<InstanceId>().ok())
+            else {
+                continue;
+            };
+            let busy = self.records.lock().contains_key(&id) || self.locks.lock().contains_key(&id);
+            if busy {
+                continue;
+            }
+            tracing::warn!(host = self.hosts[host].name(), instance = %id, "removing an orphaned container (left by a crashed gateway)");
+            self.remove(docker, &name).await;
+            self.hosts[host].free(id);
+        }
+    }
 }
