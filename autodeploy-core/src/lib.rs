@@ -48,7 +48,8 @@ pub use config::{
     UpstreamProtocol, ValidationErrors,
 };
 pub use controller::{
-    Controller, ControllerBuilder, ControllerEvent, EventSink, InstanceInfo, Lease, NoEvents,
+    Controller, ControllerBuilder, ControllerEvent, EventSink, InstanceInfo, KEPT_START_FAILURES,
+    Lease, NoEvents, StartFailure,
 };
 pub use error::{ErrorCode, GatewayError};
 pub use instance_id::InstanceId;

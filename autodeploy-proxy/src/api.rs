@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | GET | `/api/v1/deployments` | every deployment with status, instance count, cost, idle waste, hourly rate, budget refusals; the gateway budget |
 //! | POST | `/api/v1/deployments` | create one (JSON `DeployConfig`) |
-//! | GET | `/api/v1/deployments/{id}` | its config, instances, cost |
+//! | GET | `/api/v1/deployments/{id}` | its config, instances, cost, last 20 failed starts |
 //! | PUT | `/api/v1/deployments/{id}` | replace its config |
 //! | DELETE | `/api/v1/deployments/{id}` | drain and release it, then forget it (its id can be created again once that is done: 1014 before) |
 //! | POST | `/api/v1/deployments/{id}/instances` | start an instance now (pre-warm) |
@@ -21,6 +21,7 @@
 
 use autodeploy_core::{
     Controller, DeployConfig, DeploymentStatus, ErrorCode, GatewayError, InstanceId, InstanceInfo,
+    StartFailure,
 };
 use axum::Router;
 use axum::body::Body;
@@ -193,6 +194,8 @@ struct DeploymentDetail {
     released_instances: u64,
     config: DeployConfig,
     instances: Vec<InstanceView>,
+    /// The last starts that failed (at most 20), oldest first.
+    start_failures: Vec<StartFailure>,
 }
 
 fn detail(gateway: &Gateway, controller: &Controller) -> DeploymentDetail {
@@ -201,6 +204,7 @@ fn detail(gateway: &Gateway, controller: &Controller) -> DeploymentDetail {
         released_instances: controller.released_count(),
         config: (*controller.config()).clone(),
         instances: instance_views(controller),
+        start_failures: controller.start_failures(),
     }
 }
 

@@ -412,3 +412,54 @@ async fn a_providers_own_requirements_are_422_with_their_field_names() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn failed_starts_are_shown_with_time_instance_code_reason_and_last_log_lines() {
+    let local = Arc::new(Local::new(LocalConfig::default()).unwrap()) as Arc<dyn GpuProvider>;
+    let mut crashing = deployment("crash", 1, Duration::from_secs(60));
+    crashing.provider = "local".into();
+    crashing.start_command =
+        "echo loading model; echo 'no such file: model.bin' >&2; exit 3".into();
+    let gw = TestGateway::with_providers(
+        GatewaySettings::default(),
+        sim(Duration::ZERO),
+        vec![("local", local)],
+        vec![crashing],
+    )
+    .await;
+    let (_, detail) = call(&gw, "GET", "/api/v1/deployments/crash", None, None).await;
+    assert_eq!(detail["start_failures"], json!([]));
+
+    let mut failed = Vec::new();
+    for _ in 0..2 {
+        let resp = client().get(gw.url("/d/crash/")).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 502);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], 1004);
+        failed.push(body);
+    }
+    let (status, detail) = call(&gw, "GET", "/api/v1/deployments/crash", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["status"], "Standby");
+    let failures = detail["start_failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 2, "{detail:#}");
+    for failure in failures {
+        assert_eq!(failure["code"], 1004);
+        assert!(
+            failure["instance"].as_str().unwrap().len() == 8,
+            "{failure}"
+        );
+        assert!(failure["at"].as_str().unwrap().ends_with('Z'), "{failure}");
+        let reason = failure["reason"].as_str().unwrap();
+        assert!(reason.contains("exit"), "{reason}");
+        assert!(
+            !reason.contains("loading model"),
+            "the log lines are apart: {reason}"
+        );
+        let log = failure["last_log"].as_array().unwrap();
+        assert!(log.contains(&json!("loading model")), "{log:?}");
+        assert!(log.contains(&json!("no such file: model.bin")), "{log:?}");
+    }
+    assert_ne!(failures[0]["instance"], failures[1]["instance"]);
+    gw.stop().await;
+}

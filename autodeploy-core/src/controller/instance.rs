@@ -142,6 +142,8 @@ fn fail_start(inner: &Arc<Inner>, id: InstanceId, error: GatewayError) {
             tracing::error!(%err, "instance transition refused");
         }
         st.consecutive_failures = st.consecutive_failures.saturating_add(1);
+        st.start_failures
+            .record(super::failures::StartFailure::new(id, &error));
         if let Some(inst) = st.instances.get_mut(&id) {
             inst.error = Some(error.msg.to_string());
             if let Some(reply) = inst.reserved.take() {

@@ -7,6 +7,7 @@
 
 mod budget;
 mod events;
+mod failures;
 mod instance;
 mod lease;
 mod scale;
@@ -30,6 +31,7 @@ use crate::route::{OnDemandOnly, RouteView, ScalePolicy, Target};
 
 pub use budget::SharedBudget;
 pub use events::{ControllerEvent, EventSink, NoEvents};
+pub use failures::{KEPT_START_FAILURES, StartFailure};
 pub use lease::Lease;
 pub use state::cost;
 use state::{Instance, Reply, State, Waiter};
@@ -278,6 +280,12 @@ impl Controller {
                 error: i.error.clone(),
             })
             .collect()
+    }
+
+    /// The last [`KEPT_START_FAILURES`] starts that failed, oldest first: when, which
+    /// instance, the code and reason its waiters got, and its last log lines.
+    pub fn start_failures(&self) -> Vec<StartFailure> {
+        self.inner.state.lock().start_failures.to_vec()
     }
 
     /// The instance's last `lines` log lines, as its provider keeps them.

@@ -138,6 +138,8 @@ pub(super) struct State {
     pub(super) released_idle_waste: f64,
     /// Requests (and pre-warm calls) answered 1021 because a budget refused a start.
     pub(super) budget_refusals: u64,
+    /// The last starts that failed.
+    pub(super) start_failures: super::failures::StartFailures,
 }
 
 impl State {
