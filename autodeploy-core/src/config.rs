@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 /// Durations are written the human way in config files (`"10m"`, `"3m"`, `"30s"`). Unknown keys
 /// are rejected so a typo never silently falls back to a default. Call [`DeployConfig::validate`]
 /// before use: deserialization checks shapes, validation checks meaning.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployConfig {
     /// The link name: `[a-z0-9-]`, 1–63 characters, used in `/d/{id}`.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", example = "files")]
     pub id: String,
     /// A human name; defaults to the id when empty.
     #[serde(default)]
@@ -47,14 +48,17 @@ pub struct DeployConfig {
     pub start_command: String,
     /// The working directory of the start command, where the provider has one.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub workdir: Option<PathBuf>,
     /// Environment variables given to the service.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Release an instance after this long without requests.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "3m")]
     pub idle_retention: Duration,
     /// The most instances this deployment may have at once, starting ones included.
+    #[schema(minimum = 1, example = 2)]
     pub max_instances: u32,
     /// Instances kept running even when idle (a warm pool); default 0.
     #[serde(default)]
@@ -64,6 +68,7 @@ pub struct DeployConfig {
     pub readiness: ReadinessProbe,
     /// How long an instance may take from creation to ready before it is failed and released.
     #[serde(default = "default_start_timeout", with = "humantime_serde")]
+    #[schema(value_type = String, example = "3m")]
     pub start_timeout: Duration,
     /// How requests wait for capacity (cold start, scale-out, busy instances).
     #[serde(default)]
@@ -76,6 +81,7 @@ pub struct DeployConfig {
     pub price_per_hour: f64,
     /// A dedicated listen address for this deployment (the port-per-deployment link style).
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "127.0.0.1:9001")]
     pub listen: Option<SocketAddr>,
     /// Keys that open the link: when any are set, a request must carry one of them in the
     /// `Deploy-Access-Key` header, or it is refused (401, code 1001) before it can start or
@@ -133,7 +139,7 @@ pub struct ContainerOptions {
 
 /// A spending limit: `budget = { max_per_hour = 4.0 }`, on a deployment or for the whole
 /// gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetLimit {
     /// The highest running hourly rate allowed, in the currency of `price_per_hour`: the sum
@@ -153,7 +159,7 @@ impl BudgetLimit {
 }
 
 /// The HTTP version spoken to a deployment's instances.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive connections (and WebSocket upgrades).
@@ -166,7 +172,7 @@ pub enum UpstreamProtocol {
 }
 
 /// The GPUs one instance needs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuSpec {
     /// The GPU model, e.g. `"RTX 4090"`; its meaning is the provider's.
@@ -178,7 +184,7 @@ pub struct GpuSpec {
 }
 
 /// How a new instance is judged ready.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReadinessProbe {
     /// An HTTP path that must answer a non-5xx status; `None` = the port accepting
@@ -187,6 +193,7 @@ pub struct ReadinessProbe {
     pub path: Option<String>,
     /// The longest pause between two probes (providers probe faster at first).
     #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    #[schema(value_type = String, example = "3m")]
     pub interval: Duration,
 }
 
@@ -200,7 +207,7 @@ impl Default for ReadinessProbe {
 }
 
 /// How requests wait for an instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// The most requests waiting at once; one more gets "queue full".
@@ -209,6 +216,7 @@ pub struct QueueConfig {
     /// The longest one request is held waiting for capacity. Keep it above `start_timeout`
     /// so that a request held through a failing cold start gets the start's error.
     #[serde(default = "default_wait_timeout", with = "humantime_serde")]
+    #[schema(value_type = String, example = "3m")]
     pub timeout: Duration,
 }
 

@@ -49,7 +49,7 @@ pub use config::{
 };
 pub use controller::{
     Controller, ControllerBuilder, ControllerEvent, EventSink, InstanceInfo, KEPT_START_FAILURES,
-    Lease, NoEvents, StartFailure,
+    Lease, NoEvents, StartFailure, Wait,
 };
 pub use error::{ErrorCode, GatewayError};
 pub use instance_id::InstanceId;

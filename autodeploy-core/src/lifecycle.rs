@@ -11,7 +11,7 @@ use serde::Serialize;
 ///                             ▼                       ▼
 ///                          Failed ──release──▶ Releasing ──released──▶ Released
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
     /// The provider has been asked to create it.
@@ -90,7 +90,7 @@ impl InstanceState {
 }
 
 /// A deployment's status as the product shows it, derived from its instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 pub enum DeploymentStatus {
     /// Configured correctly; no instance exists.
     Standby,

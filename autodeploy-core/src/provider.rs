@@ -82,7 +82,7 @@ impl InstanceSpec {
 
 /// How the gateway talks to an instance: plain HTTP, or HTTP over TLS (a cloud instance
 /// reached over the internet, a proxy in front of it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     /// Plain HTTP (HTTP/1.1, or HTTP/2 with prior knowledge for `h2c` deployments).
@@ -111,7 +111,7 @@ impl Scheme {
 }
 
 /// Where an instance serves HTTP: a scheme, a host (name or address) and a port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 pub struct Endpoint {
     /// Plain HTTP or TLS.
     pub scheme: Scheme,

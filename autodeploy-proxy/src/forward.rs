@@ -42,6 +42,7 @@ pub(crate) async fn forward(
     req: Request<Body>,
     path_and_query: &str,
 ) -> Response<Body> {
+    let arrived = tokio::time::Instant::now();
     let rule = RouteRule::from_header(req.headers().get(DEPLOY_ROUTE_RULE).map(|v| v.as_bytes()));
     let response = match forward_inner(shared, deployment, &rule, req, path_and_query).await {
         Ok(response) => response,
@@ -57,6 +58,7 @@ pub(crate) async fn forward(
         rule_label(&rule),
         response.status().as_u16(),
     );
+    deployment.time_request(&shared.metrics, rule_label(&rule), arrived.elapsed());
     response
 }
 
@@ -100,6 +102,11 @@ async fn forward_inner(
         .controller
         .acquire(|view| deployment.decide(rule, view))
         .await?;
+    if let Some(waited) = lease.waited() {
+        shared
+            .metrics
+            .observe_wait(deployment.id(), lease.wait(), waited);
+    }
 
     let upgrade = wants_upgrade(req.headers());
     let (mut parts, body) = req.into_parts();

@@ -26,6 +26,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Request, Response};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -76,6 +77,8 @@ pub(crate) struct Deployment {
     scale_out_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Request counters by (rule, status), kept so the request path skips label lookups.
     request_counters: Mutex<Vec<(&'static str, u16, Counter)>>,
+    /// Request-duration histograms by rule, kept for the same reason.
+    request_durations: Mutex<Vec<(&'static str, Histogram)>>,
 }
 
 struct DedicatedListener {
@@ -109,6 +112,18 @@ impl Deployment {
             .iter()
             .map(|(_, _, counter)| counter.get())
             .sum()
+    }
+
+    /// Records how long one request took to its response head.
+    pub(crate) fn time_request(&self, metrics: &Metrics, rule: &'static str, took: Duration) {
+        let mut histograms = self.request_durations.lock();
+        if let Some((_, histogram)) = histograms.iter().find(|(r, _)| *r == rule) {
+            histogram.observe(took.as_secs_f64());
+            return;
+        }
+        let histogram = metrics.request_duration(&self.id, rule);
+        histogram.observe(took.as_secs_f64());
+        histograms.push((rule, histogram));
     }
 
     /// Counts one answered request in the gateway's metrics.
@@ -448,6 +463,7 @@ impl Gateway {
             listener: Mutex::new(None),
             scale_out_limiter: scale_out_limiter(self.shared.settings.scale_out_limit),
             request_counters: Mutex::new(Vec::new()),
+            request_durations: Mutex::new(Vec::new()),
         });
         self.shared
             .deployments

@@ -83,11 +83,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config, listen, admin_token)) {
+            let result = runtime.block_on(serve(config, listen, admin_token));
+            // Every instance is released by now: exit at once rather than wait for idle
+            // blocking threads to time out.
+            runtime.shutdown_background();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    tracing::error!("{err:#}");
-                    eprintln!("error: {err:#}");
+                    // Printed once, here, not also logged.
+                    eprintln!("error: {}", describe(&err));
                     ExitCode::FAILURE
                 }
             }
@@ -126,6 +130,23 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `err` and its causes, each said once: a cause whose text its parent already carries (an
+/// OS error inside "cannot listen on ...: Address already in use") is not repeated.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -133,7 +154,10 @@ fn init_logs(format: LogFormat) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match format {
-        LogFormat::Text => builder.init(),
+        // One event per line: line breaks inside a message are escaped.
+        LogFormat::Text => builder
+            .with_writer(autodeploy_proxy::logline::OneLineStdout)
+            .init(),
         LogFormat::Json => builder.json().init(),
     }
 }

@@ -3,7 +3,9 @@
 
 use std::sync::atomic::AtomicU64;
 
-use autodeploy_core::{Controller, ControllerEvent, EventSink, InstanceState, ProviderCounter};
+use autodeploy_core::{
+    Controller, ControllerEvent, EventSink, InstanceState, ProviderCounter, Wait,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -16,6 +18,18 @@ struct RequestLabels {
     deployment: String,
     rule: &'static str,
     status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    deployment: String,
+    rule: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    deployment: String,
+    cause: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +54,8 @@ struct StateLabels {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RuleLabels, Histogram>,
+    wait_seconds: Family<WaitLabels, Histogram>,
     cold_starts: Family<DeploymentLabels, Counter>,
     cold_start_seconds: Family<PhaseLabels, Histogram>,
     start_failures: Family<DeploymentLabels, Counter>,
@@ -84,6 +100,24 @@ impl Metrics {
             "requests",
             "Requests through the links, by deployment, route rule and status",
             requests.clone(),
+        );
+        let request_seconds = Family::<RuleLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 20))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response head (the gateway's or the \
+             instance's), waits for an instance included, by deployment and route rule",
+            request_seconds.clone(),
+        );
+        let wait_seconds = Family::<WaitLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 20))
+        });
+        registry.register(
+            "instance_wait_seconds",
+            "Time requests waited for an instance, by deployment and cause (cold_start: none \
+             was ready; scale_out: the instance started for it; queue: all were busy)",
+            wait_seconds.clone(),
         );
         let cold_starts = Family::default();
         registry.register(
@@ -163,6 +197,8 @@ impl Metrics {
         Self {
             registry,
             requests,
+            request_seconds,
+            wait_seconds,
             cold_starts,
             cold_start_seconds,
             start_failures,
@@ -191,6 +227,25 @@ impl Metrics {
             rule,
             status,
         })
+    }
+
+    /// The request-duration histogram of route rule `rule`: a handle to keep, like
+    /// [`Metrics::request_counter`]'s.
+    pub fn request_duration(&self, deployment: &str, rule: &'static str) -> Histogram {
+        self.request_seconds.get_or_create_owned(&RuleLabels {
+            deployment: deployment.to_owned(),
+            rule,
+        })
+    }
+
+    /// Records that a request waited `waited` for an instance, for `cause`.
+    pub fn observe_wait(&self, deployment: &str, cause: Wait, waited: std::time::Duration) {
+        self.wait_seconds
+            .get_or_create(&WaitLabels {
+                deployment: deployment.to_owned(),
+                cause: cause.as_str(),
+            })
+            .observe(waited.as_secs_f64());
     }
 
     /// Renders every metric in the Prometheus text format, with the gauges read from
@@ -295,12 +350,11 @@ impl EventSink for Metrics {
                         .observe(d.as_secs_f64());
                 }
             }
-            ControllerEvent::StartFailed { error, .. } => {
-                tracing::warn!(deployment, %error, "instance failed to start");
+            // Logged once, by the controller.
+            ControllerEvent::StartFailed { .. } => {
                 self.start_failures.get_or_create(&labels).inc();
             }
-            ControllerEvent::Died { instance, report } => {
-                tracing::warn!(deployment, %instance, reason = %report.reason, "instance died");
+            ControllerEvent::Died { .. } => {
                 self.deaths.get_or_create(&labels).inc();
             }
             ControllerEvent::Released {

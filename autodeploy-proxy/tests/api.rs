@@ -70,6 +70,7 @@ async fn every_route_but_healthz_needs_the_admin_token() {
         ("GET", "/api/v1/deployments/a/instances/xykemlvy"),
         ("DELETE", "/api/v1/deployments/a/instances/xykemlvy"),
         ("GET", "/metrics"),
+        ("GET", "/api/v1/openapi.json"),
         ("GET", "/api/v1/nope"),
     ];
     for (method, path) in routes {
@@ -260,6 +261,18 @@ async fn metrics_count_requests_cold_starts_instances_and_cost() {
         .send()
         .await
         .unwrap();
+    // One instance serving one request at a time: the second waits in the queue.
+    let mut config = (*gw.controller("m").config()).clone();
+    config.concurrency_limit = 1;
+    gw.gateway.update_deployment(config).unwrap();
+    let slow = tokio::spawn(client().get(gw.url("/d/m/sleep?ms=300")).send());
+    eventually("the slow request holds the instance", || {
+        gw.controller("m").instances()[0].in_flight == 1
+    })
+    .await;
+    let queued = client().get(gw.url("/d/m/")).send().await.unwrap();
+    assert!(queued.headers().contains_key("deploy-wait-ms"));
+    slow.await.unwrap().unwrap();
     let text = client()
         .get(gw.url("/metrics"))
         .send()
@@ -269,13 +282,19 @@ async fn metrics_count_requests_cold_starts_instances_and_cost() {
         .await
         .unwrap();
     for needle in [
-        r#"autodeploy_requests_total{deployment="m",rule="default",status="200"} 3"#,
+        r#"autodeploy_requests_total{deployment="m",rule="default",status="200"} 5"#,
         r#"autodeploy_requests_total{deployment="m",rule="scale-out",status="429"} 1"#,
         r#"autodeploy_cold_starts_total{deployment="m"} 1"#,
         r#"autodeploy_cold_start_seconds_count{deployment="m",phase="total"} 1"#,
         r#"autodeploy_instances{deployment="m",state="ready"} 1"#,
         r#"autodeploy_queue_depth{deployment="m"} 0"#,
         r#"autodeploy_cost{deployment="m"}"#,
+        r#"autodeploy_request_duration_seconds_count{deployment="m",rule="default"} 5"#,
+        r#"autodeploy_request_duration_seconds_count{deployment="m",rule="scale-out"} 1"#,
+        r#"autodeploy_instance_wait_seconds_count{deployment="m",cause="cold_start"} 1"#,
+        r#"autodeploy_instance_wait_seconds_count{deployment="m",cause="queue"} 1"#,
+        "# TYPE autodeploy_request_duration_seconds histogram",
+        "# TYPE autodeploy_instance_wait_seconds histogram",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }

@@ -225,3 +225,80 @@ fn help_names_the_environment_variables_without_a_dangling_equals_sign() {
     assert!(help.contains("[env: AUTODEPLOY_ADMIN_TOKEN]"), "{help}");
     assert!(!help.contains("=]"), "{help}");
 }
+
+#[test]
+fn a_failed_start_is_one_log_line_logged_once_and_the_exit_follows_the_final_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let marker = marker("one-line");
+    let _guard = MarkerGuard(marker.clone());
+    let config = support::binary::write_config_with(
+        dir.path(),
+        port,
+        &marker,
+        "echo loading; echo no such model >&2; exit 3",
+        "",
+    );
+    let mut gateway = start(&config, port, Stdio::piped());
+    let (code, answer) = get(port, "/d/files/", None).expect("an answer");
+    assert_eq!(code, 502, "{answer}");
+
+    let mut child = gateway.take();
+    let stdout = child.stdout.take().unwrap();
+    // Each line with the moment it arrived, read as the gateway writes them.
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .map(|line| (Instant::now(), line))
+            .collect::<Vec<_>>()
+    });
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exited_at = loop {
+        if child.try_wait().unwrap().is_some() {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let lines = reader.join().unwrap();
+    let failed: Vec<&String> = lines
+        .iter()
+        .map(|(_, line)| line)
+        .filter(|line| line.contains("failed to start"))
+        .collect();
+    assert_eq!(failed.len(), 1, "logged once: {lines:#?}");
+    assert!(
+        failed[0].contains("loading\\nno such model"),
+        "the instance's log lines stay on the event's line: {}",
+        failed[0]
+    );
+    let (released_at, _) = lines
+        .iter()
+        .find(|(_, line)| line.contains("every instance released"))
+        .expect("the final line");
+    let lag = exited_at.saturating_duration_since(*released_at);
+    assert!(
+        lag < Duration::from_millis(500),
+        "exit {lag:?} after the final release"
+    );
+}
+
+#[test]
+fn a_fatal_error_is_printed_once_without_repeating_its_cause() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &addr])
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains("ERROR"), "not also logged: {stdout}");
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
+}

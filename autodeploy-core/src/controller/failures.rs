@@ -15,11 +15,12 @@ pub const KEPT_START_FAILURES: usize = 20;
 const LOG_MARKER: &str = "; last log lines:\n";
 
 /// One start that failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StartFailure {
     /// When it failed, RFC 3339 in UTC to the second (`2026-12-05T08:15:00Z`).
     pub at: String,
     /// The instance that failed.
+    #[schema(value_type = String, example = "xykemlvy")]
     pub instance: InstanceId,
     /// The error code its waiters got (1004, 1005, 1011, ...).
     pub code: u16,

@@ -134,8 +134,9 @@ fn cancel_requested(inner: &Inner, id: InstanceId) -> bool {
 /// Marks a start failed and tells whoever waits for it at once: the `scale-out` request it
 /// was started for, and the queue when nothing else can serve it.
 fn fail_start(inner: &Arc<Inner>, id: InstanceId, error: GatewayError) {
-    tracing::warn!(instance = %id, %error, "instance failed to start");
     let deployment = inner.deployment();
+    // The one log line of a failed start (the event sinks count it, they do not log it).
+    tracing::warn!(deployment, instance = %id, %error, "instance failed to start");
     {
         let mut st = inner.state.lock();
         if let Err(err) = st.transition(id, LifecycleEvent::Fail) {
@@ -244,7 +245,7 @@ fn next_step(inner: &Inner, id: InstanceId) -> Step {
 }
 
 fn died(inner: &Arc<Inner>, id: InstanceId, report: ExitReport) {
-    tracing::warn!(instance = %id, reason = %report.reason, "instance died");
+    tracing::warn!(deployment = inner.deployment(), instance = %id, reason = %report.reason, "instance died");
     {
         let mut st = inner.state.lock();
         let _ = st.transition(id, LifecycleEvent::Fail);

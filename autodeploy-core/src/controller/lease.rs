@@ -17,6 +17,32 @@ pub struct Lease {
     pub(super) id: InstanceId,
     pub(super) endpoint: Arc<Endpoint>,
     pub(super) waited: Option<Duration>,
+    pub(super) wait: Wait,
+}
+
+/// Why a request waited for its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// It was routed to a ready instance at once.
+    None,
+    /// No instance was ready: it waited for one to start.
+    ColdStart,
+    /// `scale-out`: it waited for the instance started for it.
+    ScaleOut,
+    /// Instances were ready but busy: it waited in the queue for a free one.
+    Queue,
+}
+
+impl Wait {
+    /// The metrics label: `none`, `cold_start`, `scale_out` or `queue`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::ColdStart => "cold_start",
+            Self::ScaleOut => "scale_out",
+            Self::Queue => "queue",
+        }
+    }
 }
 
 impl Lease {
@@ -34,6 +60,11 @@ impl Lease {
     /// `None` when it was routed at once.
     pub fn waited(&self) -> Option<Duration> {
         self.waited
+    }
+
+    /// Why the request waited ([`Wait::None`] when it did not).
+    pub fn wait(&self) -> Wait {
+        self.wait
     }
 
     /// Detaches the lease from the controller without running its release path; used when

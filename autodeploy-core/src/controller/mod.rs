@@ -32,7 +32,7 @@ use crate::route::{OnDemandOnly, RouteView, ScalePolicy, Target};
 pub use budget::SharedBudget;
 pub use events::{ControllerEvent, EventSink, NoEvents};
 pub use failures::{KEPT_START_FAILURES, StartFailure};
-pub use lease::Lease;
+pub use lease::{Lease, Wait};
 pub use state::cost;
 use state::{Instance, Reply, State, Waiter};
 
@@ -54,9 +54,10 @@ pub(crate) struct Inner {
 }
 
 /// What the management API shows of one instance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct InstanceInfo {
     /// Its id.
+    #[schema(value_type = String, example = "xykemlvy")]
     pub id: InstanceId,
     /// Its lifecycle state.
     pub state: InstanceState,
@@ -64,13 +65,16 @@ pub struct InstanceInfo {
     pub endpoint: Option<Endpoint>,
     /// Time since creation.
     #[serde(serialize_with = "as_secs")]
+    #[schema(value_type = f64)]
     pub age: Duration,
     /// Time from creation to ready, once ready.
     #[serde(serialize_with = "opt_as_secs")]
+    #[schema(value_type = Option<f64>)]
     pub ready_after: Option<Duration>,
     /// Time since its last request ended (or since it became ready); zero while it serves a
     /// request, as a busy instance is not idle.
     #[serde(serialize_with = "as_secs")]
+    #[schema(value_type = f64)]
     pub idle_for: Duration,
     /// Requests it is serving now.
     pub in_flight: u32,
@@ -168,7 +172,7 @@ impl Controller {
     {
         let arrived = Instant::now();
         let wait_timeout = self.inner.config.read().queue.timeout;
-        let reply = {
+        let (reply, wait) = {
             let mut st = self.inner.state.lock();
             if st.closed {
                 return Err(ErrorCode::ShuttingDown.into());
@@ -189,7 +193,7 @@ impl Controller {
                     if let Err(refusal) = self.inner.start_instance(&mut st, Some(tx)) {
                         return Err(self.inner.budget_error(&mut st, refusal));
                     }
-                    rx
+                    (rx, Wait::ScaleOut)
                 }
                 Target::Queue { start_instance } => {
                     let max_waiting = self.inner.config.read().queue.max_waiting;
@@ -202,6 +206,11 @@ impl Controller {
                             format!("{max_waiting} requests are already waiting"),
                         ));
                     }
+                    let wait = if st.view.ready().is_empty() {
+                        Wait::ColdStart
+                    } else {
+                        Wait::Queue
+                    };
                     let (tx, rx) = oneshot::channel();
                     st.waiters.push_back(Waiter { reply: tx });
                     if start_instance
@@ -214,7 +223,7 @@ impl Controller {
                     self.inner.dispatch(&mut st);
                     self.inner.scale_to_backlog(&mut st);
                     st.recount();
-                    rx
+                    (rx, wait)
                 }
             }
         };
@@ -229,6 +238,7 @@ impl Controller {
         match outcome {
             Ok(Ok(Ok(mut lease))) => {
                 lease.waited = Some(arrived.elapsed());
+                lease.wait = wait;
                 Ok(lease)
             }
             Ok(Ok(Err(err))) => Err(err),
@@ -568,6 +578,7 @@ impl Inner {
             id,
             endpoint,
             waited: None,
+            wait: Wait::None,
         })
     }
 

@@ -60,7 +60,7 @@ struct Observed {
 }
 
 /// One deployment's recent activity, as `GET /api/v1/deployments/{id}/history` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HistoryView {
     /// The width of a sample, in seconds.
     pub bucket_s: f64,
@@ -75,7 +75,7 @@ pub struct HistoryView {
 }
 
 /// One history bucket.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Sample {
     /// Seconds from the bucket's start to now.
     pub age_s: f64,
@@ -86,9 +86,10 @@ pub struct Sample {
 }
 
 /// One cold start.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ColdStart {
     /// The instance.
+    #[schema(value_type = String, example = "xykemlvy")]
     pub instance: InstanceId,
     /// Seconds since it became ready.
     pub age_s: f64,
@@ -104,9 +105,11 @@ pub struct ColdStart {
 }
 
 /// One failed start.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = HistoryStartFailure)]
 pub struct StartFailure {
     /// The instance.
+    #[schema(value_type = String, example = "xykemlvy")]
     pub instance: InstanceId,
     /// Seconds since it failed.
     pub age_s: f64,
