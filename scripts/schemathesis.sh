@@ -12,7 +12,7 @@
 # can never run a command: their starts fail (1004) instead.
 set -euo pipefail
 bin="$(realpath "${1:?usage: $0 AUTODEPLOY_BINARY [SCHEMATHESIS]}")"
-st="${2:-schemathesis}"
+st="$(command -v "${2:-schemathesis}" || realpath "${2:-schemathesis}")"
 max_time="${SCHEMATHESIS_MAX_TIME:-90}"
 dir="$(mktemp -d)"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -51,6 +51,8 @@ for _ in range(200):
 sys.exit("the gateway did not start")
 PY
 status=0
+# Run from the scratch folder: schemathesis keeps a cache in its working directory.
+cd "$dir"
 # The event stream never ends: it is documented, not fuzzed.
 timeout $((max_time + 120)) "$st" run "http://127.0.0.1:$port/api/v1/openapi.json" \
   --header "Authorization: Bearer $token" \
