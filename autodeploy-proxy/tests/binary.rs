@@ -269,8 +269,11 @@ fn a_failed_start_is_one_log_line_logged_once_and_the_exit_follows_the_final_rel
         .filter(|line| line.contains("failed to start"))
         .collect();
     assert_eq!(failed.len(), 1, "logged once: {lines:#?}");
+    // Its stdout and stderr lines, in whichever order they were read, on the event's line.
     assert!(
-        failed[0].contains("loading\\nno such model"),
+        failed[0].contains("last log lines:\\n")
+            && failed[0].contains("loading")
+            && failed[0].contains("no such model"),
         "the instance's log lines stay on the event's line: {}",
         failed[0]
     );
