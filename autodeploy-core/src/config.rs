@@ -117,7 +117,7 @@ pub struct DeployConfig {
 /// Container settings of a deployment: what model servers need (vLLM wants a large
 /// `/dev/shm`; weights come from a mounted volume). Sizes are written `"512m"`, `"8g"` or in
 /// bytes; the provider that runs containers validates them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerOptions {
     /// The size of `/dev/shm`.
