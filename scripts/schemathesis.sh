@@ -12,7 +12,12 @@
 # can never run a command: their starts fail (1004) instead.
 set -euo pipefail
 bin="$(realpath "${1:?usage: $0 AUTODEPLOY_BINARY [SCHEMATHESIS]}")"
-st="$(command -v "${2:-schemathesis}" || realpath "${2:-schemathesis}")"
+st="${2:-schemathesis}"
+# Absolute, since it runs from a scratch folder below.
+case "$st" in
+  */*) st="$(realpath "$st")" ;;
+  *) st="$(command -v "$st")" ;;
+esac
 max_time="${SCHEMATHESIS_MAX_TIME:-90}"
 dir="$(mktemp -d)"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
