@@ -39,10 +39,26 @@ env PATH=/nonexistent-autodeploy-schemathesis "$bin" serve --config "$dir/autode
   --listen "127.0.0.1:$port" --admin-token "$token" > "$dir/gateway.log" 2>&1 &
 gateway=$!
 stop() {
+  local rc=$?
+  if [ "$status" = 0 ]; then status=$rc; fi
+  # SIGTERM releases every instance; a gateway that has not exited 20 s later is killed, so
+  # this script (and CI) can never hang on it. Not exiting in time fails the run.
   kill "$gateway" 2>/dev/null || true
+  for _ in $(seq 200); do
+    kill -0 "$gateway" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$gateway" 2>/dev/null; then
+    echo "== the gateway did not exit within 20 s of SIGTERM; killed. Its log:" >&2
+    tail -n 50 "$dir/gateway.log" >&2
+    kill -9 "$gateway" 2>/dev/null || true
+    status=1
+  fi
   wait "$gateway" 2>/dev/null || true
   rm -rf "$dir"
+  exit "$status"
 }
+status=0
 trap stop EXIT
 python3 - "$port" <<'PY'
 import sys, time, urllib.request
@@ -55,7 +71,6 @@ for _ in range(200):
         time.sleep(0.05)
 sys.exit("the gateway did not start")
 PY
-status=0
 # Run from the scratch folder: schemathesis keeps a cache in its working directory.
 cd "$dir"
 # The event stream never ends: it is documented, not fuzzed.

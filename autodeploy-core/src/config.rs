@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The most instances one deployment may have: a bound on what one config line (or one API
+/// call) can make the gateway start, far above any GPU fleet one gateway fronts.
+pub const MAX_INSTANCES_LIMIT: u32 = 1000;
+
 /// The configuration of one deployment: what to start, how to route to it, when to release it.
 ///
 /// Durations are written the human way in config files (`"10m"`, `"3m"`, `"30s"`). Unknown keys
@@ -57,11 +61,14 @@ pub struct DeployConfig {
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, example = "3m")]
     pub idle_retention: Duration,
-    /// The most instances this deployment may have at once, starting ones included.
-    #[schema(minimum = 1, example = 2)]
+    /// The most instances this deployment may have at once, starting ones included
+    /// (1 to [`MAX_INSTANCES_LIMIT`]).
+    #[schema(minimum = 1, maximum = 1000, example = 2)]
     pub max_instances: u32,
-    /// Instances kept running even when idle (a warm pool); default 0.
+    /// Instances kept running even when idle (a warm pool); default 0, at most
+    /// `max_instances`.
     #[serde(default)]
+    #[schema(maximum = 1000)]
     pub min_instances: u32,
     /// How readiness of a new instance is decided.
     #[serde(default)]
@@ -395,8 +402,11 @@ impl DeployConfig {
         if self.idle_retention.is_zero() {
             fail("idle_retention", "must be greater than zero".to_owned());
         }
-        if self.max_instances == 0 {
-            fail("max_instances", "must be at least 1".to_owned());
+        if !(1..=MAX_INSTANCES_LIMIT).contains(&self.max_instances) {
+            fail(
+                "max_instances",
+                format!("must be 1 to {MAX_INSTANCES_LIMIT}"),
+            );
         }
         if self.min_instances > self.max_instances {
             fail(

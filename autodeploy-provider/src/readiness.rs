@@ -87,6 +87,7 @@ impl Probe {
     /// A probe that needs an HTTP answer even without a readiness path: `GET /`, where any
     /// status counts. For instances behind a port forwarder (Docker's userland proxy) that
     /// accepts connections before the service listens, so a TCP connect proves nothing.
+    #[cfg_attr(not(feature = "docker"), allow(dead_code))]
     pub(crate) fn answered(mut self) -> Self {
         if self.path.is_none() {
             self.path = Some("/".to_owned());

@@ -261,7 +261,7 @@ async fn an_invalid_edit_shows_the_field_error_next_to_the_field() {
     browser.click("#save").await;
     browser
         .wait_text("#error-max_instances", SOON, |t| {
-            t.contains("must be at least 1")
+            t.contains("must be 1 to 1000")
         })
         .await;
     assert_eq!(

@@ -679,8 +679,8 @@ impl Inner {
         self.publish_live(st);
     }
 
-    /// Starts instances until the warm pool holds `min_instances`; after failed starts the
-    /// next attempt waits (1 s doubling to 60 s) so a broken command does not loop.
+    /// Starts instances until the warm pool holds `min_instances` (at most `scale_out_step`
+    /// starting at once, when set); after failed starts the next attempt waits (1 s doubling to 60 s) so a broken command does not loop.
     fn top_up(self: &Arc<Self>, st: &mut State) {
         let min = self.config.read().min_instances;
         if st.closed || st.top_up_scheduled {
@@ -702,7 +702,11 @@ impl Inner {
             });
             return;
         }
-        while st.serving_or_starting() < min && st.view.has_room() {
+        let step = self.config.read().scale_out_step;
+        while st.serving_or_starting() < min
+            && st.view.has_room()
+            && (step == 0 || st.view.starting() < step)
+        {
             if let Err(refusal) = self.start_instance(st, None) {
                 tracing::warn!(?refusal, "the budget cannot pay for the warm pool");
                 break;
