@@ -81,7 +81,9 @@ timeout $((max_time + 120)) "$st" run "http://127.0.0.1:$port/api/v1/openapi.jso
   --max-examples 25 --max-time "$max_time" --request-timeout 10 --seed 1 --no-color \
   || status=$?
 if [ "$status" != 0 ]; then
-  echo "== schemathesis failed ($status); the gateway's log:"
+  echo "== schemathesis failed ($status); the gateway's panics, if any:"
+  grep -m 3 -A 40 "panicked at" "$dir/gateway.log" || true
+  echo "== the end of the gateway's log:"
   tail -n 50 "$dir/gateway.log"
 fi
 exit "$status"

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 /// call) can make the gateway start, far above any GPU fleet one gateway fronts.
 pub const MAX_INSTANCES_LIMIT: u32 = 1000;
 
+/// The highest `price_per_hour` accepted: keeps every cost sum far from overflow.
+pub const MAX_PRICE_PER_HOUR: f64 = 1_000_000.0;
+
 /// The configuration of one deployment: what to start, how to route to it, when to release it.
 ///
 /// Durations are written the human way in config files (`"10m"`, `"3m"`, `"30s"`). Unknown keys
@@ -83,8 +86,10 @@ pub struct DeployConfig {
     /// Requests one instance serves at once under the default rule; 0 = unlimited.
     #[serde(default)]
     pub concurrency_limit: u32,
-    /// What one instance costs per hour, in the account's currency.
+    /// What one instance costs per hour, in the account's currency (0 to
+    /// [`MAX_PRICE_PER_HOUR`]).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000000)]
     pub price_per_hour: f64,
     /// A dedicated listen address for this deployment (the port-per-deployment link style).
     #[serde(default)]
@@ -434,8 +439,11 @@ impl DeployConfig {
         if self.queue.timeout.is_zero() {
             fail("queue.timeout", "must be greater than zero".to_owned());
         }
-        if !self.price_per_hour.is_finite() || self.price_per_hour < 0.0 {
-            fail("price_per_hour", "must be a finite number ≥ 0".to_owned());
+        if !(0.0..=MAX_PRICE_PER_HOUR).contains(&self.price_per_hour) {
+            fail(
+                "price_per_hour",
+                format!("must be a number from 0 to {MAX_PRICE_PER_HOUR}"),
+            );
         }
         if let Some(budget) = &self.budget {
             if let Err(message) = budget.check() {
@@ -585,6 +593,21 @@ mod tests {
         assert_eq!(errs.0.len(), 1);
         assert_eq!(errs.0[0].field, "min_instances");
         assert!(errs.to_string().contains("3 > 2"));
+    }
+
+    #[test]
+    fn instance_counts_and_prices_are_bounded() {
+        // A fuzzer once asked for a warm pool of 403,055: the gateway must refuse, not start it.
+        let mut cfg = DeployConfig::new("a", "true", Duration::from_secs(1), 2_147_483_646);
+        cfg.min_instances = 403_055;
+        cfg.price_per_hour = 1e13;
+        let errs = cfg.validate().unwrap_err();
+        let fields: Vec<_> = errs.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["max_instances", "price_per_hour"], "{errs:?}");
+        cfg.max_instances = MAX_INSTANCES_LIMIT;
+        cfg.min_instances = MAX_INSTANCES_LIMIT;
+        cfg.price_per_hour = MAX_PRICE_PER_HOUR;
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]

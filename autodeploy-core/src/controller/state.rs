@@ -218,6 +218,6 @@ impl State {
         self.instances
             .values()
             .map(|i| micros(i.price_per_hour))
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 }
