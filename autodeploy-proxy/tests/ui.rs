@@ -146,6 +146,10 @@ async fn the_overview_lists_every_deployment_with_its_badge() {
         .await
         .unwrap_or_default();
     assert!(row.contains("1 / 3"), "instances live / max: {row}");
+    // The Running tile follows the badges (status events update both).
+    browser
+        .wait_text("[data-tile=\"Running\"] .tile-value", SOON, |t| t == "1")
+        .await;
     browser
         .wait_text("#connection", SOON, |t| t == "live")
         .await;

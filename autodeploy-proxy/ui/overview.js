@@ -72,11 +72,19 @@ export class Overview {
     this.render();
   }
 
-  /** A status event: the badge changes at once, before the next reload of the list. */
+  /**
+   * A status event: the badge and the Running tile change at once, before the next reload of
+   * the list.
+   */
   status(deployment, status) {
+    const known = this.deployments.find((d) => d.id === deployment);
+    if (!known || known.status === status) return;
+    known.status = status;
     const row = this.root.querySelector(`tr[data-deployment="${CSS.escape(deployment)}"]`);
     const cell = row && row.querySelector('.badge');
     if (cell) cell.replaceWith(badge(status));
+    const running = this.root.querySelector('[data-tile="Running"] .tile-value');
+    if (running) running.textContent = String(this.deployments.filter((d) => d.status === 'Running').length);
   }
 
   render() {
@@ -101,5 +109,5 @@ export class Overview {
 }
 
 function tile(label, value) {
-  return h('div', { class: 'tile' }, h('div', { class: 'tile-value' }, String(value)), h('div', { class: 'tile-label' }, label));
+  return h('div', { class: 'tile', 'data-tile': label }, h('div', { class: 'tile-value' }, String(value)), h('div', { class: 'tile-label' }, label));
 }
