@@ -82,7 +82,19 @@ export class DeploymentView {
     replace(this.notice, text ? h('p', { class: `notice-${kind || 'info'}` }, text) : null);
   }
 
+  /** Replaces a "Starting…"/"Releasing…" notice once the instance got there. */
+  settle() {
+    const waiting = this.awaiting;
+    if (!waiting) return;
+    const instance = this.detail.instances.find((i) => i.id === waiting.id);
+    if (waiting.done(instance)) {
+      this.awaiting = null;
+      this.say(`Instance ${waiting.id} ${waiting.text}.`);
+    }
+  }
+
   render() {
+    this.settle();
     const d = this.detail;
     // The detail's `instances` is the list of instances (it replaces the summary's count).
     const live = d.instances.length;
@@ -181,6 +193,7 @@ export class DeploymentView {
     try {
       const answer = await api('POST', `/api/v1/deployments/${encodeURIComponent(this.id)}/instances`);
       this.say(`Starting instance ${answer.id}.`);
+      this.awaiting = { id: answer.id, done: (i) => i && i.state === 'ready', text: 'is ready' };
       await this.load();
     } catch (err) {
       this.say(describe(err), 'error');
@@ -192,6 +205,7 @@ export class DeploymentView {
     try {
       await api('DELETE', `/api/v1/deployments/${encodeURIComponent(this.id)}/instances/${encodeURIComponent(instance)}`);
       this.say(`Releasing instance ${instance}.`);
+      this.awaiting = { id: instance, done: (i) => !i, text: 'was released' };
       await this.load();
     } catch (err) {
       this.say(describe(err), 'error');
