@@ -39,9 +39,21 @@ fn is_documented(rule: RouteRule, view: &RouteView, target: Target) -> bool {
                     .all(|r| r.in_flight >= load)
         }
         (RouteRule::Default, Target::Queue { start_instance }) => {
+            // The backlog with this request queued asks for one instance per `limit`
+            // requests (one in all with no limit), up to the cap; instances ready and
+            // starting count, so a cold start is single-flight only while one suffices.
+            let limit = u64::from(view.concurrency_limit());
+            let backlog = view.in_flight() + u64::from(view.queued()) + 1;
+            let needed = if limit == 0 {
+                1
+            } else {
+                backlog.div_ceil(limit)
+            }
+            .min(u64::from(view.max_instances()));
+            let have = view.ready().len() as u64 + u64::from(view.starting());
+            let step_allows = view.scale_out_step() == 0 || view.starting() < view.scale_out_step();
             least_loaded::pick(view).is_none()
-                && (!start_instance || view.has_room())
-                && (!start_instance || !none_ready || view.starting() == 0)
+                && start_instance == (needed > have && view.has_room() && step_allows)
         }
         _ => false,
     }
