@@ -42,6 +42,7 @@ mod placement;
 mod readiness;
 mod reconcile;
 mod release;
+pub mod scratch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -7,11 +7,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use autodeploy_provider::docker::scratch::ScratchImage;
 use bollard::Docker;
-use bollard::query_parameters::{
-    BuildImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-};
-use futures_util::StreamExt;
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::OnceCell;
 
@@ -136,21 +134,6 @@ fn compile_stub(dir: &Path) -> PathBuf {
     binary
 }
 
-/// The shared libraries `binary` needs, and the dynamic loader, as `ldd` lists them.
-fn libraries(binary: &Path) -> Vec<PathBuf> {
-    let out = Command::new("ldd").arg(binary).output().expect("run ldd");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let path = match line.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
-}
-
 async fn build_stub_image(docker: &Docker, healthcheck: bool) -> String {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("docker-stub");
     let binary = tokio::task::spawn_blocking(move || compile_stub(&dir))
@@ -164,46 +147,13 @@ async fn build_stub_image(docker: &Docker, healthcheck: bool) -> String {
     if docker.inspect_image(&tag).await.is_ok() {
         return tag;
     }
-    let mut dockerfile = String::from("FROM scratch\nCOPY . /\nENTRYPOINT [\"/stub\"]\n");
+    let mut image = ScratchImage::new(binary, &tag)
+        .name("stub")
+        .label(TEST_LABEL, "docker-stub-image");
     if healthcheck {
-        dockerfile
-            .push_str("HEALTHCHECK --interval=300ms --timeout=1s CMD [\"/stub\", \"--health\"]\n");
+        image = image.healthcheck("--interval=300ms --timeout=1s CMD [\"/stub\", \"--health\"]");
     }
-    let context = tokio::task::spawn_blocking(move || {
-        let mut tar = tar::Builder::new(Vec::new());
-        tar.follow_symlinks(true);
-        tar.append_path_with_name(&binary, "stub")
-            .expect("tar stub");
-        for library in libraries(&binary) {
-            let inside = library.strip_prefix("/").expect("absolute").to_owned();
-            tar.append_path_with_name(&library, inside)
-                .expect("tar library");
-        }
-        let mut header = tar::Header::new_gnu();
-        header.set_size(dockerfile.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, "Dockerfile", dockerfile.as_bytes())
-            .expect("tar Dockerfile");
-        tar.into_inner().expect("tar")
-    })
-    .await
-    .expect("context");
-    let labels = HashMap::from([(TEST_LABEL, "docker-stub-image")]);
-    let options = BuildImageOptionsBuilder::new()
-        .dockerfile("Dockerfile")
-        .t(&tag)
-        .rm(true)
-        .forcerm(true)
-        .labels(&labels)
-        .build();
-    let mut build = docker.build_image(options, None, Some(bollard::body_full(context.into())));
-    while let Some(step) = build.next().await {
-        let info = step.expect("image build");
-        if let Some(err) = info.error_detail {
-            panic!("image build failed: {err:?}");
-        }
-    }
+    image.build(docker).await.expect("image build");
     tag
 }
 

@@ -1,13 +1,13 @@
-//! `bench-backend [--port N] [--threads N] [--boot-ms B]`: the fast backend of the load
+//! `bench-backend [--host A] [--port N] [--threads N] [--boot-ms B]`: the fast backend of the load
 //! comparison (`GET /` a small body, `GET /1m` one MiB, `GET /sleep?ms=N` after N ms) on
-//! `127.0.0.1:N` (default: a free port). `--boot-ms` waits that long before listening, as a
+//! `A:N` (default `127.0.0.1` and a free port; `--host 0.0.0.0` inside a container). `--boot-ms` waits that long before listening, as a
 //! model server loading its weights would (`burst-scaling` uses 1,000).
 //!
 //! Prints one line once it accepts connections:
 //! `bench-backend listening on ADDR main_unix_ns=T0 listen_unix_ns=T1`, the wall-clock times
 //! at which `main` began and the port was bound, so the cold-start measurement can subtract
 //! the instance's own start-up time. `--threads 1` (the default) runs a single-threaded
-//! runtime, like one nginx worker.
+//! runtime, like one nginx worker. SIGTERM ends it at once (also as a container's PID 1).
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +20,7 @@ fn unix_ns() -> u128 {
 
 fn main() -> ExitCode {
     let main_ns = unix_ns();
+    let mut host = String::from("127.0.0.1");
     let mut port: u16 = 0;
     let mut threads: usize = 1;
     let mut boot_ms: u64 = 0;
@@ -27,13 +28,17 @@ fn main() -> ExitCode {
     while let Some(arg) = args.next() {
         let value = args.next();
         let parsed = match (arg.as_str(), value.as_deref()) {
+            ("--host", Some(v)) => {
+                host = v.to_owned();
+                true
+            }
             ("--port", Some(v)) => v.parse().map(|p| port = p).is_ok(),
             ("--threads", Some(v)) => v.parse().map(|t| threads = t).is_ok(),
             ("--boot-ms", Some(v)) => v.parse().map(|b| boot_ms = b).is_ok(),
             _ => false,
         };
         if !parsed {
-            eprintln!("usage: bench-backend [--port N] [--threads N] [--boot-ms B]");
+            eprintln!("usage: bench-backend [--host A] [--port N] [--threads N] [--boot-ms B]");
             return ExitCode::from(2);
         }
     }
@@ -56,7 +61,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        let listener = match tokio::net::TcpListener::bind((host.as_str(), port)).await {
             Ok(listener) => listener,
             Err(err) => {
                 eprintln!("bench-backend: cannot listen on port {port}: {err}");
@@ -70,7 +75,20 @@ fn main() -> ExitCode {
             ),
             Err(err) => eprintln!("bench-backend: {err}"),
         }
-        autodeploy_benches::backend::serve(listener).await;
+        // SIGTERM ends it: as a container's PID 1 it would otherwise be ignored, and every
+        // release would wait for the engine's kill.
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    eprintln!("bench-backend: cannot watch SIGTERM: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        tokio::select! {
+            () = autodeploy_benches::backend::serve(listener) => {}
+            _ = terminate.recv() => {}
+        }
         ExitCode::SUCCESS
     })
 }
