@@ -607,6 +607,30 @@ async fn run(settings: Settings, owner: String, tag: String) -> Result<(), Strin
         ms(api_median),
         overhead(api_median)
     );
+    // Each run's own difference (the kinds run in turn, so a pair shares the machine's state).
+    for (name, base) in [
+        ("docker run -d (CLI)", &measured.cli),
+        ("engine API create+start", &measured.api),
+    ] {
+        let mut diffs: Vec<f64> = measured
+            .gateway
+            .iter()
+            .zip(base)
+            .map(|(g, b)| (g.answered.as_secs_f64() - b.answered.as_secs_f64()) * 1e3)
+            .collect();
+        diffs.sort_by(f64::total_cmp);
+        let n = diffs.len();
+        let mid = if n % 2 == 1 {
+            diffs[n / 2]
+        } else {
+            (diffs[n / 2 - 1] + diffs[n / 2]) / 2.0
+        };
+        println!(
+            "paired, gateway − {name}, same run: median {mid:.2} ms, min {:.2}, max {:.2}",
+            diffs[0],
+            diffs[n - 1]
+        );
+    }
     // The parts the gateway adds, each against the engine API run's same part.
     let part = |runs: &[Run], f: fn(&Run) -> Option<Duration>| {
         let mut samples: Vec<Duration> = runs.iter().filter_map(f).collect();
