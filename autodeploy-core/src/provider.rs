@@ -288,6 +288,31 @@ pub trait GpuProvider: Send + Sync + fmt::Debug {
     /// earlier run of the gateway (for reconciliation after a restart).
     async fn list(&self, deployment: &str) -> Result<Vec<ProvidedInstance>, ProviderError>;
 
+    /// Whether this provider can take over instances an earlier run of the gateway left
+    /// ([`GpuProvider::adopt`]). When it cannot (the default), a restarted gateway releases
+    /// them.
+    fn adopts(&self) -> bool {
+        false
+    }
+
+    /// Takes over `found`, an instance of `spec.deployment` that an earlier run of the
+    /// gateway left (as [`GpuProvider::list`] reported it), as if [`GpuProvider::create`] had
+    /// just made it for `spec` (whose `instance` is `found.id`): returns where it serves, and
+    /// the caller follows with [`GpuProvider::wait_ready`]. Refuses an instance that no
+    /// longer matches `spec` (another image, GPU count or host) or does not run; the caller
+    /// then releases it. Only called when [`GpuProvider::adopts`] says so.
+    async fn adopt(
+        &self,
+        found: &ProvidedInstance,
+        spec: InstanceSpec,
+    ) -> Result<Endpoint, ProviderError> {
+        let _ = (found, spec);
+        Err(ProviderError::Backend(format!(
+            "the {} provider does not adopt instances",
+            self.name()
+        )))
+    }
+
     /// Every instance this provider holds that carries its owner label, whatever the
     /// deployment (each with its [`LABEL_DEPLOYMENT`] label), including ones an earlier run
     /// left. A starting gateway releases those of deployments it no longer has. The default

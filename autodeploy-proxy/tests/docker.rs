@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use autodeploy_proxy::{Gateway, GatewayConfig};
 use bollard::query_parameters::KillContainerOptionsBuilder;
-use docker_support::{containers, engine, remove_containers, stub_image};
+use docker_support::{
+    container_instances, containers, engine, remove_containers, stub_image,
+    stub_image_with_healthcheck,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::binary::{GatewayProcess, status, wait_until_serving};
@@ -194,6 +197,36 @@ async fn docker_kill_mid_request_is_1010_and_the_next_request_gets_a_new_contain
     eprintln!("docker kill mid-request: 502/1010 after {answered_after:?}");
 }
 
+/// Waits until every container of `test` is one the gateway on `port` holds (adopted after
+/// a restart, or its own): the time it took, or the instances nobody owns.
+async fn wait_until_every_container_is_owned(
+    engine: &bollard::Docker,
+    test: &str,
+    port: u16,
+    within: Duration,
+) -> Result<Duration, Vec<String>> {
+    let began = Instant::now();
+    loop {
+        let api = tokio::task::block_in_place(|| {
+            support::binary::get(port, "/api/v1/deployments/web/instances", None)
+        })
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+        let unowned: Vec<String> = container_instances(engine, test)
+            .await
+            .into_iter()
+            .filter(|id| !api.contains(&format!("\"{id}\"")))
+            .collect();
+        if unowned.is_empty() {
+            return Ok(began.elapsed());
+        }
+        if began.elapsed() > within {
+            return Err(unowned);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until no container of `test` is left; the time it took, or what is left.
 async fn wait_for_no_container(
     engine: &bollard::Docker,
@@ -237,9 +270,11 @@ async fn sigkill_restart_cycles_under_load_leave_no_container_nobody_owns() {
     for cycle in 0..cycles {
         let mut gateway = GatewayProcess::spawn(&config, Stdio::null());
         tokio::task::block_in_place(|| wait_until_serving(port));
-        // Whatever the killed gateway left (running, starting, releasing) is gone before
-        // this one takes its first request: it owns no container yet.
-        match wait_for_no_container(&engine, test, Duration::from_secs(15)).await {
+        // Whatever the killed gateway left (running, starting, releasing) is adopted (a
+        // running container of this image) or gone: no container is left that nobody owns.
+        match wait_until_every_container_is_owned(&engine, test, port, Duration::from_secs(15))
+            .await
+        {
             Ok(took) => slowest_cleanup = slowest_cleanup.max(took),
             Err(left) => panic!("cycle {cycle}: containers left after restart: {left:?}"),
         }
@@ -274,17 +309,23 @@ async fn sigkill_restart_cycles_under_load_leave_no_container_nobody_owns() {
         orphans_released += containers(&engine, test).await.len();
     }
 
-    // The last restart finds and releases everything, serves, and stops cleanly.
+    // The last restart adopts or releases everything, serves, and stops cleanly.
     let mut gateway = GatewayProcess::spawn(&config, Stdio::null());
     tokio::task::block_in_place(|| wait_until_serving(port));
-    if let Err(left) = wait_for_no_container(&engine, test, Duration::from_secs(15)).await {
-        panic!("containers left after the last restart: {left:?}");
+    if let Err(left) =
+        wait_until_every_container_is_owned(&engine, test, port, Duration::from_secs(15)).await
+    {
+        panic!("containers nobody owns after the last restart: {left:?}");
     }
     assert_eq!(
         tokio::task::block_in_place(|| status(port, "/d/web/", None)),
         200
     );
-    assert_eq!(containers(&engine, test).await.len(), 1);
+    let held = containers(&engine, test).await.len();
+    assert!(
+        (1..=2).contains(&held),
+        "{held} containers for max_instances = 2"
+    );
     let mut child = gateway.take();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let exit = child.wait().unwrap();
@@ -298,10 +339,79 @@ async fn sigkill_restart_cycles_under_load_leave_no_container_nobody_owns() {
     );
     eprintln!(
         "docker chaos: {cycles} SIGKILL/restart cycles in {:?}, {} requests served, \
-         {orphans_released} orphaned containers released by restarts (slowest cleanup \
+         {orphans_released} containers left at the kills, adopted or released by restarts (slowest settling \
          {slowest_cleanup:?}), leaked after the last cycle: {}",
         began.elapsed(),
         served.load(Ordering::Relaxed),
         leaked.len()
     );
+}
+
+/// The instance named in an answer's `Deploy-Route-Target` header.
+fn route_target(answer: &str) -> Option<String> {
+    answer.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("deploy-route-target")
+            .then(|| value.trim().to_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_adopts_a_running_container_and_releases_one_of_another_image() {
+    let test = "gw-docker-adopt";
+    let Some(engine) = engine(test).await else {
+        return;
+    };
+    let image = stub_image(&engine).await;
+    let other_image = stub_image_with_healthcheck(&engine).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("autodeploy.toml");
+    std::fs::write(&config, config_text(test, port, &image, 0)).unwrap();
+    let serve_once = || {
+        tokio::task::block_in_place(|| {
+            wait_until_serving(port);
+            let (code, answer) = support::binary::get(port, "/d/web/", None).expect("answer");
+            assert_eq!(code, 200, "{answer}");
+            route_target(&answer).expect("Deploy-Route-Target")
+        })
+    };
+    let sigkill = |gateway: &mut GatewayProcess| {
+        let mut child = gateway.take();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+    };
+
+    // A gateway starts a container, then dies without releasing it.
+    let mut gateway = GatewayProcess::spawn(&config, Stdio::null());
+    let first = serve_once();
+    sigkill(&mut gateway);
+    assert_eq!(
+        container_instances(&engine, test).await,
+        std::slice::from_ref(&first)
+    );
+
+    // The restarted gateway takes it over: the same instance serves, no second container.
+    let mut gateway = GatewayProcess::spawn(&config, Stdio::null());
+    assert_eq!(serve_once(), first, "the running container was adopted");
+    assert_eq!(
+        container_instances(&engine, test).await,
+        std::slice::from_ref(&first)
+    );
+    sigkill(&mut gateway);
+
+    // With another image configured, the old container is no longer the deployment's: the
+    // restarted gateway releases it instead.
+    std::fs::write(&config, config_text(test, port, &other_image, 0)).unwrap();
+    let mut gateway = GatewayProcess::spawn(&config, Stdio::null());
+    tokio::task::block_in_place(|| wait_until_serving(port));
+    let gone = wait_for_no_container(&engine, test, Duration::from_secs(15)).await;
+    let mut child = gateway.take();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let exit = child.wait().unwrap();
+    remove_containers(&engine, test).await;
+    if let Err(left) = gone {
+        panic!("a container of the old image was kept: {left:?}");
+    }
+    assert!(exit.success(), "{exit:?}");
 }

@@ -9,7 +9,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use crate::error::{ErrorCode, GatewayError};
 use crate::instance_id::InstanceId;
 use crate::lifecycle::{InstanceState, LifecycleEvent};
-use crate::provider::{ExitReport, InstanceSpec};
+use crate::provider::{ExitReport, InstanceSpec, ProvidedInstance};
 
 use super::{ControllerEvent, Inner, state::cost};
 
@@ -21,22 +21,36 @@ const RELEASE_ATTEMPTS: u32 = 5;
 /// The longest pause between two attempts to release an instance.
 const MAX_RELEASE_BACKOFF: Duration = Duration::from_secs(60);
 
-pub(super) async fn run(inner: Arc<Inner>, id: InstanceId, spec: InstanceSpec) {
-    if start(&inner, id, spec).await {
+/// Where an instance comes from.
+pub(super) enum Origin {
+    /// The provider creates it.
+    Create,
+    /// An earlier run of the gateway left it, and the provider takes it over.
+    Adopt(ProvidedInstance),
+}
+
+pub(super) async fn run(inner: Arc<Inner>, id: InstanceId, spec: InstanceSpec, origin: Origin) {
+    if start(&inner, id, spec, origin).await {
         serve(&inner, id).await;
     }
     release(&inner, id).await;
 }
 
-/// Creates the instance and waits for it to be ready. Returns whether it is ready; if not,
-/// it has been failed (waiters told) or cancelled, and the caller releases it.
-async fn start(inner: &Arc<Inner>, id: InstanceId, spec: InstanceSpec) -> bool {
+/// Creates (or adopts) the instance and waits for it to be ready. Returns whether it is
+/// ready; if not, it has been failed (waiters told) or cancelled, and the caller releases it.
+async fn start(inner: &Arc<Inner>, id: InstanceId, spec: InstanceSpec, origin: Origin) -> bool {
     let began = Instant::now();
     let start_timeout = spec.start_timeout;
     let deployment = spec.deployment.clone();
+    let create = async {
+        match &origin {
+            Origin::Create => inner.provider.create(spec).await,
+            Origin::Adopt(found) => inner.provider.adopt(found, spec).await,
+        }
+    };
     // The create call is not cancelled midway: a provider interrupted between spawning and
     // recording an instance could leak it. It is bounded by the start timeout instead.
-    let endpoint = match timeout(start_timeout + START_GRACE, inner.provider.create(spec)).await {
+    let endpoint = match timeout(start_timeout + START_GRACE, create).await {
         Ok(Ok(endpoint)) => endpoint,
         Ok(Err(err)) => {
             fail_start(inner, id, err.into());

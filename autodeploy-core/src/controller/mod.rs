@@ -26,7 +26,9 @@ use crate::config::{DeployConfig, ValidationErrors};
 use crate::error::{ErrorCode, GatewayError};
 use crate::instance_id::InstanceId;
 use crate::lifecycle::{DeploymentStatus, InstanceState, LifecycleEvent};
-use crate::provider::{Endpoint, GpuProvider, InstanceSpec, LABEL_OWNER, ProviderError};
+use crate::provider::{
+    Endpoint, GpuProvider, InstanceSpec, LABEL_OWNER, ProvidedInstance, ProviderError,
+};
 use crate::route::{OnDemandOnly, RouteView, ScalePolicy, Target};
 
 pub use budget::SharedBudget;
@@ -442,10 +444,13 @@ impl Controller {
         let _ = live.wait_for(|n| *n == 0).await;
     }
 
-    /// Releases instances the provider holds for this deployment that this controller does
-    /// not know (left by an earlier run of the gateway), all at once. Returns the ids
-    /// released; each failed release is logged, and the call fails only when listing failed
-    /// or every release did.
+    /// Takes over or releases the instances the provider holds for this deployment that this
+    /// controller does not know (left by an earlier run of the gateway). Where the provider
+    /// adopts ([`GpuProvider::adopts`]) and the cap and budgets allow, each becomes one of
+    /// this controller's instances again, serving once it passes readiness (an instance the
+    /// provider refuses to adopt is failed and released); the rest are released, all at
+    /// once. Returns the ids released; each failed release is logged, and the call fails only
+    /// when listing failed or every release did.
     pub async fn reconcile(&self) -> Result<Vec<InstanceId>, ProviderError> {
         let deployment = self.id();
         let held = self.inner.provider.list(&deployment).await?;
@@ -454,8 +459,7 @@ impl Controller {
         // release must not leave the rest running.
         let mut releases = tokio::task::JoinSet::new();
         for found in held {
-            let known = self.inner.state.lock().instances.contains_key(&found.id);
-            if !known {
+            if !self.inner.try_adopt(&found) {
                 tracing::warn!(deployment, instance = %found.id, "releasing orphaned instance");
                 let provider = self.inner.provider.clone();
                 releases.spawn(async move { (found.id, provider.release(found.id).await) });
@@ -611,6 +615,28 @@ impl Inner {
         st.recount();
     }
 
+    /// Whether `found`, left by an earlier run, is this controller's now: already known, or
+    /// adopted (the provider adopts, the controller runs, and the cap and budgets have room).
+    fn try_adopt(self: &Arc<Self>, found: &ProvidedInstance) -> bool {
+        let mut st = self.state.lock();
+        if st.instances.contains_key(&found.id) {
+            return true;
+        }
+        if !self.provider.adopts() || st.closed || !st.view.has_room() {
+            return false;
+        }
+        let origin = instance::Origin::Adopt(found.clone());
+        if self
+            .spawn_instance(&mut st, found.id, None, origin)
+            .is_err()
+        {
+            return false;
+        }
+        tracing::info!(deployment = %self.deployment(), instance = %found.id, "adopting an instance left by an earlier run");
+        st.recount();
+        true
+    }
+
     /// Creates the record of a new instance and spawns its task, unless a budget refuses
     /// it. Callers check the cap.
     fn start_instance(
@@ -618,12 +644,25 @@ impl Inner {
         st: &mut State,
         reserved: Option<Reply>,
     ) -> Result<InstanceId, budget::Refusal> {
-        let config = self.config();
-        let hold = self.admit_start(st, config.price_per_hour)?;
         let mut id = InstanceId::generate();
         while st.instances.contains_key(&id) {
             id = InstanceId::generate();
         }
+        self.spawn_instance(st, id, reserved, instance::Origin::Create)?;
+        Ok(id)
+    }
+
+    /// Records instance `id` (unless a budget refuses it) and spawns its task, which creates
+    /// or adopts it as `origin` says.
+    fn spawn_instance(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: InstanceId,
+        reserved: Option<Reply>,
+        origin: instance::Origin,
+    ) -> Result<(), budget::Refusal> {
+        let config = self.config();
+        let hold = self.admit_start(st, config.price_per_hour)?;
         let mut instance = Instance::new(Instant::now(), config.price_per_hour, reserved);
         instance.hold = hold;
         st.instances.insert(id, instance);
@@ -634,8 +673,8 @@ impl Inner {
             .insert(LABEL_OWNER.to_owned(), self.owner.clone());
         self.events
             .on_event(&config.id, &ControllerEvent::Creating { instance: id });
-        tokio::spawn(instance::run(self.clone(), id, spec));
-        Ok(id)
+        tokio::spawn(instance::run(self.clone(), id, spec, origin));
+        Ok(())
     }
 
     /// Gives waiting requests, oldest first, to ready instances with free capacity.

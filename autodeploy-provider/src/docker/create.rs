@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use autodeploy_core::provider::{LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_OWNER};
-use autodeploy_core::{Endpoint, InstanceId, InstanceSpec, ProviderError};
+use autodeploy_core::{Endpoint, InstanceId, InstanceSpec, ProvidedInstance, ProviderError};
 use bollard::Docker;
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding};
@@ -48,6 +48,88 @@ impl Inner {
                 self.hosts[host].free(spec.instance);
                 Err(err)
             }
+        }
+    }
+
+    /// Takes over `found`, a container an earlier run left, for `spec`: on its own host with
+    /// the GPU ids it holds, refused when its image or GPU count no longer match the
+    /// deployment or it does not run. The container keeps the command and environment it was
+    /// created with.
+    pub(crate) async fn adopt(
+        self: &Arc<Self>,
+        found: &ProvidedInstance,
+        spec: InstanceSpec,
+    ) -> Result<Endpoint, ProviderError> {
+        let lock = self.create_lock(spec.instance);
+        let _guard = lock.lock().await;
+        if let Some(existing) = self.get(spec.instance) {
+            return Ok(existing.endpoint.clone());
+        }
+        let host_name = found.labels.get(LABEL_HOST).map(String::as_str);
+        let host = self
+            .hosts
+            .iter()
+            .position(|h| Some(h.name()) == host_name)
+            .ok_or_else(|| start_failed(format!("its host {host_name:?} is not configured")))?;
+        let gpus: Vec<String> = found
+            .labels
+            .get(LABEL_GPUS)
+            .map(|ids| ids.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        if gpus.len() != spec.gpu.count as usize {
+            return Err(start_failed(format!(
+                "it holds {} GPU(s) where the deployment asks for {}",
+                gpus.len(),
+                spec.gpu.count
+            )));
+        }
+        self.hosts[host].hold_slots(spec.instance, &gpus);
+        let adopted = async {
+            let docker = self.hosts[host].answers().await?;
+            let name = container_name(&spec.deployment, spec.instance);
+            self.check_adoptable(docker, &name, &spec).await?;
+            self.create_on(docker, host, &spec, &gpus, Instant::now())
+                .await
+        }
+        .await;
+        match adopted {
+            Ok(container) => {
+                let endpoint = container.endpoint.clone();
+                self.records.lock().insert(spec.instance, container);
+                self.watch_events(host);
+                Ok(endpoint)
+            }
+            Err(err) => {
+                self.hosts[host].free(spec.instance);
+                Err(err)
+            }
+        }
+    }
+
+    /// Refuses a container that does not run, or whose image is not the deployment's
+    /// (changed since it was made).
+    async fn check_adoptable(
+        &self,
+        docker: &Docker,
+        name: &str,
+        spec: &InstanceSpec,
+    ) -> Result<(), ProviderError> {
+        let found = docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| start_failed(format!("inspect {name}: {e}")))?;
+        if found.state.and_then(|s| s.running) != Some(true) {
+            return Err(start_failed(format!("{name} does not run")));
+        }
+        let image = found.config.and_then(|c| c.image);
+        if image.is_some() && image == spec.image {
+            Ok(())
+        } else {
+            Err(start_failed(format!(
+                "its image {} is not the deployment's {}",
+                image.as_deref().unwrap_or("(none)"),
+                spec.image.as_deref().unwrap_or("(none)")
+            )))
         }
     }
 

@@ -263,6 +263,18 @@ impl GpuProvider for Docker {
         self.inner.wait_ready(id).await
     }
 
+    fn adopts(&self) -> bool {
+        true
+    }
+
+    async fn adopt(
+        &self,
+        found: &ProvidedInstance,
+        spec: InstanceSpec,
+    ) -> Result<Endpoint, ProviderError> {
+        self.inner.adopt(found, spec).await
+    }
+
     async fn release(&self, id: InstanceId) -> Result<(), ProviderError> {
         self.inner.release(id).await
     }

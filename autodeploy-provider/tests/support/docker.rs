@@ -75,6 +75,23 @@ pub async fn containers(docker: &Docker, test: &str) -> Vec<String> {
         .collect()
 }
 
+/// The instance ids (`autodeploy.instance` labels) of the containers labelled for `test`.
+#[allow(dead_code)] // not every test binary that includes this file uses it
+pub async fn container_instances(docker: &Docker, test: &str) -> Vec<String> {
+    let filters = HashMap::from([("label", vec![format!("{TEST_LABEL}={test}")])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(options))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .filter_map(|c| c.labels?.get("autodeploy.instance").cloned())
+        .collect()
+}
+
 static STUB: OnceCell<String> = OnceCell::const_new();
 static STUB_HEALTHCHECK: OnceCell<String> = OnceCell::const_new();
 
