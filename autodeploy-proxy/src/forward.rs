@@ -62,6 +62,9 @@ pub(crate) async fn forward(
     response
 }
 
+/// One request through the data path, in five steps: admit it (access key, body limit,
+/// scale-out rate), route it (a lease on an instance, waiting for one if need be), prepare
+/// the request the instance gets, send it, and relay the response back with the lease.
 async fn forward_inner(
     shared: &Shared,
     deployment: &Deployment,
@@ -69,6 +72,50 @@ async fn forward_inner(
     req: Request<Body>,
     path_and_query: &str,
 ) -> Result<Response<Body>, GatewayError> {
+    let speaks_h2 = admit(shared, deployment, rule, &req)?;
+    let lease = route(shared, deployment, rule).await?;
+
+    let pool = shared.upstream.pool(lease.endpoint());
+    let upgrade = wants_upgrade(req.headers());
+    // Upgrades (WebSocket) go over HTTP/1.1 whatever the deployment speaks; an `https`
+    // instance speaks what it chose by ALPN.
+    let h2 = !upgrade
+        && (speaks_h2
+            || pool
+                .negotiated_h2()
+                .await
+                .map_err(|err| upstream_error(&err, lease.instance()))?);
+    let (upstream, client) = prepare(shared, &pool, req, path_and_query, upgrade, h2)?;
+
+    let (response, sender) = send(shared, &pool, &lease, upstream, h2).await?;
+    if lease.waited().is_some() {
+        // Only requests that waited for an instance (a cold start's first one among them)
+        // are recorded, so the common path takes no lock for the dashboard.
+        shared
+            .events
+            .histories()
+            .first_response(deployment.id(), lease.instance());
+    }
+    relay(response, sender, pool, lease, client)
+}
+
+/// What the response to the client needs of its request: the HTTP version it asked in, and
+/// its side of an upgrade it asked for.
+struct ClientSide {
+    version: Version,
+    upgrade: Option<OnUpgrade>,
+}
+
+/// Step 1, admit: refuses a request without a valid access key (before anything else, so
+/// it learns nothing and starts nothing), one that declares a body over the limit, and a
+/// scale-out request over its client's rate. Returns whether the deployment speaks `h2c`,
+/// read in the same look at the configuration.
+fn admit(
+    shared: &Shared,
+    deployment: &Deployment,
+    rule: &RouteRule,
+    req: &Request<Body>,
+) -> Result<bool, GatewayError> {
     // What this request needs of the configuration, read once (not held across awaits).
     let (admitted, speaks_h2) = {
         let config = deployment.controller.config();
@@ -77,27 +124,36 @@ async fn forward_inner(
             config.upstream == UpstreamProtocol::H2c,
         )
     };
-    // First: a request without a valid key learns nothing else and starts nothing.
     if !admitted {
         return Err(ErrorCode::Unauthorized.into());
     }
     let limit = shared.settings.max_request_body;
-    if limit > 0 && declared_length(&req).is_some_and(|n| n > limit) {
+    if limit > 0 && declared_length(req).is_some_and(|n| n > limit) {
         return Err(GatewayError::with_detail(
             ErrorCode::PayloadTooLarge,
             format!("the limit is {limit} bytes"),
         ));
     }
-    let client = client_addr(req.extensions());
     if *rule == RouteRule::ScaleOut
-        && let Some(retry_after) = deployment.scale_out_refused(client)
+        && let Some(retry_after) = deployment.scale_out_refused(client_addr(req.extensions()))
     {
+        let secs = retry_after.as_secs().max(1);
         return Err(GatewayError::with_detail(
             ErrorCode::ScaleOutRateLimited,
-            format!("retry after {} s", retry_after.as_secs().max(1)),
+            format!("retry after {secs} s"),
         )
-        .retry_after(Duration::from_secs(retry_after.as_secs().max(1))));
+        .retry_after(Duration::from_secs(secs)));
     }
+    Ok(speaks_h2)
+}
+
+/// Step 2, route: a lease on the instance the route rule picks, after waiting for one to
+/// start if need be (the wait is recorded).
+async fn route(
+    shared: &Shared,
+    deployment: &Deployment,
+    rule: &RouteRule,
+) -> Result<Lease, GatewayError> {
     let lease = deployment
         .controller
         .acquire(|view| deployment.decide(rule, view))
@@ -107,27 +163,32 @@ async fn forward_inner(
             .metrics
             .observe_wait(deployment.id(), lease.wait(), waited);
     }
+    Ok(lease)
+}
 
-    let upgrade = wants_upgrade(req.headers());
+/// Step 3, prepare upstream: the request the instance gets (`h2` or HTTP/1.1, hop-by-hop
+/// headers stripped, `X-Forwarded-*` set, the instance's authority, the body limited), and
+/// what the relay needs of the client's request.
+fn prepare(
+    shared: &Shared,
+    pool: &EndpointPool,
+    req: Request<Body>,
+    path_and_query: &str,
+    upgrade: bool,
+    h2: bool,
+) -> Result<(Request<Body>, ClientSide), GatewayError> {
     let (mut parts, body) = req.into_parts();
-    let client_version = parts.version;
-    let client_upgrade = if upgrade {
-        parts.extensions.remove::<OnUpgrade>()
-    } else {
-        None
+    let client = ClientSide {
+        version: parts.version,
+        upgrade: if upgrade {
+            parts.extensions.remove::<OnUpgrade>()
+        } else {
+            None
+        },
     };
-    let pool = shared.upstream.pool(lease.endpoint());
-    // Upgrades (WebSocket) go over HTTP/1.1 whatever the deployment speaks; an `https`
-    // instance speaks what it chose by ALPN.
-    let h2 = !upgrade
-        && (speaks_h2
-            || pool
-                .negotiated_h2()
-                .await
-                .map_err(|err| upstream_error(&err, lease.instance()))?);
     // gRPC needs `TE: trailers` end to end; HTTP/2 allows TE with exactly that value.
     let te_trailers = h2 && asks_for_trailers(&parts.headers);
-    prepare_upstream(&mut parts.headers, client, upgrade);
+    prepare_upstream(&mut parts.headers, client_addr(&parts.extensions), upgrade);
     if h2 {
         // HTTP/2 carries the instance's address as `:authority`, from an absolute URI.
         parts.uri = Uri::builder()
@@ -153,15 +214,25 @@ async fn forward_inner(
         parts.version = Version::HTTP_11;
     }
     parts.extensions = http::Extensions::new();
+    let limit = shared.settings.max_request_body;
     let body = if limit > 0 {
         Body::new(http_body_util::Limited::new(body, limit as usize))
     } else {
         body
     };
-    let upstream = Request::from_parts(parts, body);
+    Ok((Request::from_parts(parts, body), client))
+}
 
-    // HTTP/1.1 lends a connection that goes back to the pool when the body ends; HTTP/2
-    // shares one connection and needs nothing given back.
+/// Step 4, send: the request to the instance, within the response-head timeout. HTTP/1.1
+/// lends a connection, returned with the response, that goes back to the pool when the body
+/// ends; HTTP/2 shares one connection and needs nothing given back.
+async fn send(
+    shared: &Shared,
+    pool: &EndpointPool,
+    lease: &Lease,
+    upstream: Request<Body>,
+    h2: bool,
+) -> Result<(Response<Incoming>, Option<SendRequest<Body>>), GatewayError> {
     let timeout = shared.settings.response_header_timeout;
     let sent = if h2 {
         tokio::time::timeout(timeout, pool.send_h2(upstream))
@@ -172,28 +243,26 @@ async fn forward_inner(
             .await
             .map(|sent| sent.map(|(response, sender)| (response, Some(sender))))
     };
-    let (mut response, sender) = match sent {
-        Err(_) => {
-            return Err(GatewayError::with_detail(
-                ErrorCode::UpstreamTimedOut,
-                format!(
-                    "no response headers within {:?}",
-                    shared.settings.response_header_timeout
-                ),
-            ));
-        }
-        Ok(Err(err)) => return Err(upstream_error(&err, lease.instance())),
-        Ok(Ok(sent)) => sent,
-    };
-    if lease.waited().is_some() {
-        // Only requests that waited for an instance (a cold start's first one among them)
-        // are recorded, so the common path takes no lock for the dashboard.
-        shared
-            .events
-            .histories()
-            .first_response(deployment.id(), lease.instance());
+    match sent {
+        Err(_) => Err(GatewayError::with_detail(
+            ErrorCode::UpstreamTimedOut,
+            format!("no response headers within {timeout:?}"),
+        )),
+        Ok(Err(err)) => Err(upstream_error(&err, lease.instance())),
+        Ok(Ok(sent)) => Ok(sent),
     }
+}
 
+/// Step 5, relay: the instance's response to the client, its body holding the lease (and the
+/// HTTP/1.1 connection) until its last byte; a `101 Switching Protocols` becomes a tunnel.
+/// A response framed both ways (`Content-Length` and `Transfer-Encoding`) is refused.
+fn relay(
+    mut response: Response<Incoming>,
+    sender: Option<SendRequest<Body>>,
+    pool: Arc<EndpointPool>,
+    lease: Lease,
+    client: ClientSide,
+) -> Result<Response<Body>, GatewayError> {
     if response.headers().contains_key(header::CONTENT_LENGTH)
         && response.headers().contains_key(header::TRANSFER_ENCODING)
     {
@@ -203,7 +272,7 @@ async fn forward_inner(
         ));
     }
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
+        let Some(client_upgrade) = client.upgrade else {
             return Err(GatewayError::with_detail(
                 ErrorCode::UpstreamFailed,
                 "the instance switched protocols without being asked",
@@ -231,7 +300,7 @@ async fn forward_inner(
     };
     // The instance may speak HTTP/1.0 (python's http.server does); the client gets the
     // version it asked in, with the framing our server chooses for it.
-    parts.version = client_version;
+    parts.version = client.version;
     strip_hop_by_hop(&mut parts.headers, false);
     mark(&mut parts.headers, &lease);
     Ok(Response::from_parts(
