@@ -31,10 +31,14 @@
 #   gateway     release `autodeploy serve`, tokio's default runtime (one worker per core), a
 #               deployment whose local-provider instance is the backend
 #   gateway-1t  the same with --worker-threads 1 (one worker thread, like nginx's 1 worker)
+#   gateway-pc  the same with --runtime per-core: one single-threaded runtime per core, each
+#               with its own SO_REUSEPORT listener and idle upstream connections (nginx's model)
+#   gateway-pc1 --runtime per-core --worker-threads 1: one thread, one single-threaded runtime
 #
 # Settings (environment): BACKEND (hyper), ROUNDS (3), DURATION (5s), CONNS (32),
 # WRK_THREADS (1), TARGETS ("direct nginx go gateway gateway-1t"), CARGO_TARGET_DIR (target),
-# SKIP_BUILD (unset), OUT (a file to also write the summary to).
+# SKIP_BUILD (unset), OUT (a file to also write the summary to), AUTODEPLOY (the gateway
+# binary; default: the release build in CARGO_TARGET_DIR).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -84,7 +88,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
     (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet \
         -p autodeploy-proxy --bin autodeploy -p autodeploy-benches --bin bench-backend)
 fi
-AUTODEPLOY=$TARGET_DIR/release/autodeploy
+AUTODEPLOY=${AUTODEPLOY:-$TARGET_DIR/release/autodeploy}
 BENCH_BACKEND=$TARGET_DIR/release/bench-backend
 
 # --- processes, all stopped on exit --------------------------------------------------------
@@ -163,7 +167,7 @@ EOF
 && exec $NGINX -p $WORK/backend -e $WORK/backend/logs/error-{port}.log -c $WORK/backend/nginx-{port}.conf"
 fi
 
-start_gateway() { # name threads-env; sets GATEWAY_PORT
+start_gateway() { # name threads-env [runtime-env]; sets GATEWAY_PORT
     local name=$1 port
     port=$(free_port)
     GATEWAY_PORT=$port
@@ -177,12 +181,10 @@ start_command = """$INSTANCE_COMMAND"""
 idle_retention = "1h"
 max_instances = 1
 EOF
-    if [ -n "$2" ]; then
-        AUTODEPLOY_WORKER_THREADS=$2 RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" \
-            >"$WORK/$name.log" 2>&1 &
-    else
-        RUST_LOG=warn "$AUTODEPLOY" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
-    fi
+    local env=(RUST_LOG=warn)
+    [ -n "$2" ] && env+=("AUTODEPLOY_WORKER_THREADS=$2")
+    [ -n "${3:-}" ] && env+=("AUTODEPLOY_RUNTIME=$3")
+    env "${env[@]}" "$AUTODEPLOY" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
     GATEWAY_PID=$!
 }
@@ -301,6 +303,16 @@ for target in $TARGETS; do
             start_gateway gateway-1t 1
             BASE[gateway-1t]="http://127.0.0.1:$GATEWAY_PORT/d/fast"
             CPU_PID[gateway-1t]=$GATEWAY_PID
+            ;;
+        gateway-pc)
+            start_gateway gateway-pc "" per-core
+            BASE[gateway-pc]="http://127.0.0.1:$GATEWAY_PORT/d/fast"
+            CPU_PID[gateway-pc]=$GATEWAY_PID
+            ;;
+        gateway-pc1)
+            start_gateway gateway-pc1 1 per-core
+            BASE[gateway-pc1]="http://127.0.0.1:$GATEWAY_PORT/d/fast"
+            CPU_PID[gateway-pc1]=$GATEWAY_PID
             ;;
     esac
 done

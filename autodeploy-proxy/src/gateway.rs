@@ -669,6 +669,14 @@ impl Gateway {
         self.shutdown().await;
     }
 
+    /// Serves the gateway's routes on one more `listener` until `shutdown` resolves, then
+    /// stops accepting and lets its open requests finish (bounded by the drain timeout).
+    /// Unlike [`Gateway::serve`] it leaves the gateway running: for serving on several
+    /// listeners, e.g. one per runtime, beside the one `serve` runs on.
+    pub async fn serve_listener(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        server::run(listener, self.service(), &self.shared.settings, shutdown).await;
+    }
+
     /// Serves the gateway on `listener` in a background task, as [`Gateway::serve`] does,
     /// until [`Serving::stop`] is called or the handle is dropped.
     pub fn spawn(&self, listener: TcpListener) -> Serving {

@@ -48,3 +48,4 @@ pub use forward::ClientAddr;
 pub use gateway::{BuildError, Gateway, GatewayBuilder, GatewayService, Serving};
 pub use respond::{ApiError, error_response};
 pub use store::StoreError;
+pub use upstream::{set_thread_slot, set_thread_slots};

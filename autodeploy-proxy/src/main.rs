@@ -44,6 +44,18 @@ enum Command {
             value_parser = clap::value_parser!(u16).range(1..)
         )]
         worker_threads: Option<u16>,
+        /// The runtime: `multi-thread` (tokio's work-stealing runtime, the default), or
+        /// `per-core` (nginx's model: one single-threaded runtime per worker thread, each with
+        /// its own listener on the same port (`SO_REUSEPORT`) and its own idle connections to
+        /// instances, so that a request never leaves its thread).
+        #[arg(
+            long,
+            value_enum,
+            env = "AUTODEPLOY_RUNTIME",
+            hide_env_values = true,
+            default_value_t = RuntimeKind::MultiThread
+        )]
+        runtime: RuntimeKind,
     },
     /// Validate a configuration file and print every problem with its field.
     Check {
@@ -51,6 +63,12 @@ enum Command {
         #[arg(long, short, default_value = "autodeploy.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeKind {
+    MultiThread,
+    PerCore,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -69,11 +87,25 @@ fn main() -> ExitCode {
             admin_token,
             log_format,
             worker_threads,
+            runtime,
         } => {
             init_logs(log_format);
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            // Per core: this thread serves too, on a single-threaded runtime of its own.
+            let threads = match (runtime, worker_threads) {
+                (RuntimeKind::PerCore, Some(n)) => usize::from(n),
+                (RuntimeKind::PerCore, None) => {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                }
+                (RuntimeKind::MultiThread, _) => 1,
+            };
+            let mut builder = if runtime == RuntimeKind::PerCore {
+                autodeploy_proxy::set_thread_slots(threads);
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+            };
             builder.enable_all();
-            if let Some(n) = worker_threads {
+            if let (RuntimeKind::MultiThread, Some(n)) = (runtime, worker_threads) {
                 builder.worker_threads(usize::from(n));
             }
             let runtime = match builder.build() {
@@ -83,7 +115,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let result = runtime.block_on(serve(config, listen, admin_token));
+            let result = runtime.block_on(serve(config, listen, admin_token, threads));
             // Every instance is released by now: exit at once rather than wait for idle
             // blocking threads to time out.
             runtime.shutdown_background();
@@ -165,10 +197,13 @@ fn init_logs(format: LogFormat) {
 /// The file `serve` reads when `--config` is not given.
 const DEFAULT_CONFIG: &str = "autodeploy.toml";
 
+/// Runs the gateway; with `threads` > 1 (per core), also on `threads - 1` more threads, each
+/// with its own single-threaded runtime and listener on the same address.
 async fn serve(
     path: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
     admin_token: Option<String>,
+    threads: usize,
 ) -> anyhow::Result<()> {
     let path = path.or_else(|| {
         let default = PathBuf::from(DEFAULT_CONFIG);
@@ -185,10 +220,22 @@ async fn serve(
         config.gateway.admin_token = admin_token;
     }
     let addr = config.gateway.listen;
-    let listener = autodeploy_proxy::server::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = if threads > 1 {
+        autodeploy_proxy::server::bind_shared(addr).await
+    } else {
+        autodeploy_proxy::server::bind(addr).await
+    }
+    .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    // The others' listeners, bound now (on the port the first got, if it was 0) so that an
+    // error stops the gateway before it starts anything; each thread registers its own.
+    let mut more = Vec::with_capacity(threads.saturating_sub(1));
+    for _ in 1..threads {
+        let listener = autodeploy_proxy::server::bind_shared(local)
+            .await
+            .with_context(|| format!("cannot listen on {local}"))?;
+        more.push(listener.into_std()?);
+    }
     let gateway = Gateway::from_config(config).await?;
     let ids: Vec<String> = gateway.controllers().iter().map(|c| c.id()).collect();
     tracing::info!(%local, deployments = ?ids, "autodeploy listening; links at http://{local}/d/<id>/");
@@ -202,9 +249,73 @@ async fn serve(
              with a file such as examples/autodeploy.toml"
         );
     }
-    gateway.serve(listener, shutdown_signal()).await;
+    if more.is_empty() {
+        gateway.serve(listener, shutdown_signal()).await;
+    } else {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let (released, done) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::with_capacity(more.len());
+        for (i, listener) in more.into_iter().enumerate() {
+            let (gateway, stopping, done) = (gateway.clone(), stopping.clone(), done.clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("autodeploy-{}", i + 1))
+                .spawn(move || serve_thread(i + 1, gateway, listener, stopping, done))
+                .context("cannot start a serving thread")?;
+            workers.push(worker);
+        }
+        gateway
+            .serve(listener, async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+            })
+            .await;
+        // Tasks a request spawned on another thread's runtime (an instance's start among
+        // them) lived until here: only now may those runtimes end.
+        let _ = released.send(true);
+        for worker in workers {
+            let _ = worker.join();
+        }
+    }
     tracing::info!("stopped; every instance released");
     Ok(())
+}
+
+/// One more serving thread of the per-core runtime: its own single-threaded runtime and
+/// listener, its own idle connections to instances (`slot`). Stops accepting when
+/// `stopping` turns true, and keeps its runtime running until `done` does (the gateway's
+/// instances released).
+fn serve_thread(
+    slot: usize,
+    gateway: Gateway,
+    listener: std::net::TcpListener,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    mut done: tokio::sync::watch::Receiver<bool>,
+) {
+    autodeploy_proxy::set_thread_slot(slot);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(%err, "cannot start a serving thread's runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => {
+                gateway
+                    .serve_listener(listener, async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    })
+                    .await;
+            }
+            Err(err) => tracing::error!(%err, "a serving thread cannot listen"),
+        }
+        let _ = done.wait_for(|d| *d).await;
+    });
+    runtime.shutdown_background();
 }
 
 /// Resolves at SIGINT or SIGTERM.

@@ -37,6 +37,21 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Binds one of several listeners on the same `addr` (with `SO_REUSEPORT`; the kernel spreads
+/// new connections over them), for serving with one runtime per core.
+#[cfg(unix)]
+pub async fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves; then stops accepting and waits
 /// for open connections to finish their requests, at most the drain timeout.
 pub(crate) async fn run<S>(

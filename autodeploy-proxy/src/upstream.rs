@@ -9,10 +9,11 @@
 //! offers `h2` and `http/1.1` by ALPN and the instance's choice is kept for the endpoint;
 //! an upgrade (WebSocket) always asks for `http/1.1`.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,30 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// the pool, so the address cannot be reused while the entry exists).
 type Pools = Mutex<HashMap<usize, Arc<EndpointPool>, BuildHasherDefault<AddressHasher>>>;
 
+/// How many idle stacks each endpoint keeps: one per serving thread (see
+/// [`set_thread_slots`]).
+static THREAD_SLOTS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// This thread's idle stack, in the per-core model; 0 otherwise.
+    static THREAD_SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Per-core serving (one current-thread runtime per thread): gives each endpoint `slots`
+/// stacks of idle connections, one per serving thread, so that a request is only sent on a
+/// connection whose task runs on its own thread (a connection of another runtime would wake
+/// that thread on every request). Call before the gateway is built; each serving thread
+/// then calls [`set_thread_slot`] with its index.
+pub fn set_thread_slots(slots: usize) {
+    THREAD_SLOTS.store(slots.max(1), Ordering::Relaxed);
+}
+
+/// Per-core serving: the calling thread lends and keeps idle connections from stack `slot`
+/// (`0..slots` of [`set_thread_slots`]).
+pub fn set_thread_slot(slot: usize) {
+    THREAD_SLOT.set(slot);
+}
+
 /// The gateway's connections to instances.
 pub(crate) struct Upstream {
     pools: Arc<Pools>,
@@ -71,7 +96,9 @@ pub(crate) struct EndpointPool {
     endpoint: Arc<Endpoint>,
     /// The `Host` header the instance gets (its own address).
     host: HeaderValue,
-    idle: Mutex<Vec<Idle>>,
+    /// One stack per serving thread in the per-core model (see [`set_thread_slots`]), so
+    /// a thread only lends connections whose tasks run on its own runtime; one otherwise.
+    idle: Box<[Mutex<Vec<Idle>>]>,
     /// The HTTP/2 connection of an `h2c` deployment, opened on first use and shared by every
     /// request (one connection multiplexes them); replaced when it closes. The async lock
     /// makes concurrent first requests wait for one handshake instead of opening many.
@@ -144,12 +171,16 @@ async fn sweep(pools: Weak<Pools>) {
         pools.lock().retain(|_, pool| {
             // Only this pool holds the endpoint: its instance is gone.
             if Arc::strong_count(&pool.endpoint) == 1 {
-                pool.idle.lock().clear();
+                for idle in &pool.idle {
+                    idle.lock().clear();
+                }
                 return false;
             }
-            pool.idle.lock().retain(|idle| {
-                now.duration_since(idle.since) < IDLE_TIMEOUT && !idle.sender.is_closed()
-            });
+            for idle in &pool.idle {
+                idle.lock().retain(|idle| {
+                    now.duration_since(idle.since) < IDLE_TIMEOUT && !idle.sender.is_closed()
+                });
+            }
             true
         });
     }
@@ -175,7 +206,9 @@ impl EndpointPool {
         Self {
             endpoint,
             host,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..THREAD_SLOTS.load(Ordering::Relaxed).max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             h2: tokio::sync::Mutex::new(None),
             tls,
             alpn_h2: Mutex::new(None),
@@ -244,7 +277,7 @@ impl EndpointPool {
 
     /// The most recently used idle connection that is still open, if any.
     fn take_idle(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock();
+        let mut idle = self.idle().lock();
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() >= IDLE_TIMEOUT {
                 // Those below are older still.
@@ -387,8 +420,14 @@ impl EndpointPool {
         }
     }
 
+    /// This thread's idle stack.
+    fn idle(&self) -> &Mutex<Vec<Idle>> {
+        let slot = THREAD_SLOT.get();
+        self.idle.get(slot).unwrap_or(&self.idle[0])
+    }
+
     fn keep(&self, sender: SendRequest<Body>) {
-        let mut idle = self.idle.lock();
+        let mut idle = self.idle().lock();
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(Idle {
                 sender,

@@ -212,10 +212,48 @@ fn one_worker_thread_serves_and_zero_is_refused() {
 }
 
 #[test]
+fn the_per_core_runtime_serves_on_each_thread_and_sigterm_releases_every_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let marker = marker("per-core");
+    let _guard = MarkerGuard(marker.clone());
+    let config = write_config(dir.path(), port, &marker);
+
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--runtime",
+            "per-core",
+            "--worker-threads",
+            "3",
+            "--config",
+        ])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gateway = GatewayProcess(Some(child));
+    wait_until_serving(port);
+    // Each request on a new connection: the kernel spreads them over the three listeners,
+    // and whichever thread accepts one answers it from the same instance.
+    for _ in 0..12 {
+        let (code, answer) = get(port, "/d/files/", None).expect("an answer");
+        assert_eq!(code, 200, "{answer}");
+    }
+    assert_eq!(marked_processes(&marker).len(), 1, "one instance");
+    let mut child = gateway.take();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    wait_until_gone(&marker, "an instance outlived the per-core gateway");
+}
+
+#[test]
 fn help_names_the_environment_variables_without_a_dangling_equals_sign() {
     let out = Command::new(BIN)
         .args(["serve", "--help"])
         .env_remove("AUTODEPLOY_WORKER_THREADS")
+        .env_remove("AUTODEPLOY_RUNTIME")
         .env_remove("AUTODEPLOY_ADMIN_TOKEN")
         .output()
         .unwrap();
@@ -223,6 +261,7 @@ fn help_names_the_environment_variables_without_a_dangling_equals_sign() {
     assert!(out.status.success(), "{help}");
     assert!(help.contains("[env: AUTODEPLOY_WORKER_THREADS]"), "{help}");
     assert!(help.contains("[env: AUTODEPLOY_ADMIN_TOKEN]"), "{help}");
+    assert!(help.contains("[env: AUTODEPLOY_RUNTIME]"), "{help}");
     assert!(!help.contains("=]"), "{help}");
 }
 
