@@ -28,10 +28,11 @@
 #   go          Go's httputil.ReverseProxy (the data path of llama-swap, KEDA's HTTP interceptor,
 #               Knative's activator), 15 lines built with Debian's golang-go, MaxIdleConnsPerHost
 #               64 (like nginx's keepalive 64; Go's default of 2 would reconnect constantly)
-#   gateway     release `autodeploy serve`, tokio's default runtime (one worker per core), a
+#   gateway     release `autodeploy serve`, its default runtime (per-core since issue 16), a
 #               deployment whose local-provider instance is the backend
-#   gateway-1t  the same with --worker-threads 1 (one worker thread, like nginx's 1 worker)
-#   gateway-pc  the same with --runtime per-core: one single-threaded runtime per core, each
+#   gateway-1t  --runtime multi-thread --worker-threads 1 (one tokio worker, like nginx's 1 worker)
+#   gateway-mt  --runtime multi-thread (tokio's work-stealing runtime, one worker per core)
+#   gateway-pc  the same with --runtime per-core (the default since issue 16): one single-threaded runtime per core, each
 #               with its own SO_REUSEPORT listener and idle upstream connections (nginx's model)
 #   gateway-pc1 --runtime per-core --worker-threads 1: one thread, one single-threaded runtime
 #
@@ -300,9 +301,14 @@ for target in $TARGETS; do
             fi
             ;;
         gateway-1t)
-            start_gateway gateway-1t 1
+            start_gateway gateway-1t 1 multi-thread
             BASE[gateway-1t]="http://127.0.0.1:$GATEWAY_PORT/d/fast"
             CPU_PID[gateway-1t]=$GATEWAY_PID
+            ;;
+        gateway-mt)
+            start_gateway gateway-mt "" multi-thread
+            BASE[gateway-mt]="http://127.0.0.1:$GATEWAY_PORT/d/fast"
+            CPU_PID[gateway-mt]=$GATEWAY_PID
             ;;
         gateway-pc)
             start_gateway gateway-pc "" per-core

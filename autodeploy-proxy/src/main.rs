@@ -44,16 +44,16 @@ enum Command {
             value_parser = clap::value_parser!(u16).range(1..)
         )]
         worker_threads: Option<u16>,
-        /// The runtime: `multi-thread` (tokio's work-stealing runtime, the default), or
-        /// `per-core` (nginx's model: one single-threaded runtime per worker thread, each with
-        /// its own listener on the same port (`SO_REUSEPORT`) and its own idle connections to
-        /// instances, so that a request never leaves its thread).
+        /// The runtime: `per-core` (the default; nginx's model: one single-threaded runtime
+        /// per worker thread, each with its own listener on the same port (`SO_REUSEPORT`)
+        /// and its own idle connections to instances, so that a request never leaves its
+        /// thread), or `multi-thread` (tokio's work-stealing runtime).
         #[arg(
             long,
             value_enum,
             env = "AUTODEPLOY_RUNTIME",
             hide_env_values = true,
-            default_value_t = RuntimeKind::MultiThread
+            default_value_t = RuntimeKind::PerCore
         )]
         runtime: RuntimeKind,
     },
