@@ -21,6 +21,9 @@ use tokio::time::{Instant, timeout};
 
 /// Delays start at 1 ms and double up to this while the start is young.
 const FAST_DELAY: Duration = Duration::from_millis(4);
+/// For how long after create a closed port is tried every millisecond (services that bind
+/// within milliseconds, like nginx, are then seen about 1 ms after they listen).
+const EARLY_WINDOW: Duration = Duration::from_millis(200);
 /// For how long after create probes stay fast, so services that boot within this window are
 /// seen ready within [`FAST_DELAY`] of opening their port.
 const FAST_WINDOW: Duration = Duration::from_secs(30);
@@ -231,8 +234,8 @@ fn parse_status_line(line: &[u8]) -> Option<u16> {
 }
 
 /// The pause before each next probe: 1 ms, doubling up to the deployment's readiness
-/// interval; but while the port is still closed during the first [`FAST_WINDOW`] after
-/// create, at most [`FAST_DELAY`]. When the port first opens the doubling starts again from
+/// interval; but while the port is still closed, 1 ms during the first [`EARLY_WINDOW`]
+/// after create and at most [`FAST_DELAY`] until [`FAST_WINDOW`]. When the port first opens the doubling starts again from
 /// 1 ms. A closed loopback port costs microseconds to try; a service that answers its
 /// readiness path with 5xx is not hammered.
 #[derive(Debug)]
@@ -261,7 +264,10 @@ impl Backoff {
             self.seen_open = true;
             self.delay = Duration::from_millis(1);
         }
-        let cap = if !open && self.created.elapsed() < FAST_WINDOW {
+        let young = self.created.elapsed();
+        let cap = if !open && young < EARLY_WINDOW {
+            Duration::from_millis(1)
+        } else if !open && young < FAST_WINDOW {
             FAST_DELAY.min(self.interval)
         } else {
             self.interval
@@ -374,7 +380,16 @@ mod tests {
         let first: Vec<_> = (0..5)
             .map(|_| backoff.next_delay(false).as_millis())
             .collect();
-        assert_eq!(first, [1, 2, 4, 4, 4]);
+        assert_eq!(
+            first,
+            [1, 1, 1, 1, 1],
+            "a closed port is tried every ms at first"
+        );
+        let mut closed = Backoff::new(Instant::now() - EARLY_WINDOW, Duration::from_millis(500));
+        let later: Vec<_> = (0..5)
+            .map(|_| closed.next_delay(false).as_millis())
+            .collect();
+        assert_eq!(later, [1, 2, 4, 4, 4]);
         let open: Vec<_> = (0..3)
             .map(|_| backoff.next_delay(true).as_millis())
             .collect();
