@@ -37,18 +37,7 @@ impl Inner {
         let result = self
             .create_on(placed.docker, host, &spec, &placed.gpus, created)
             .await;
-        match result {
-            Ok(container) => {
-                let endpoint = container.endpoint.clone();
-                self.records.lock().insert(spec.instance, container);
-                self.watch_events(host);
-                Ok(endpoint)
-            }
-            Err(err) => {
-                self.hosts[host].free(spec.instance);
-                Err(err)
-            }
-        }
+        self.record(host, spec.instance, result)
     }
 
     /// Takes over `found`, a container an earlier run left, for `spec`: on its own host with
@@ -92,15 +81,26 @@ impl Inner {
                 .await
         }
         .await;
-        match adopted {
+        self.record(host, spec.instance, adopted)
+    }
+
+    /// Keeps a created or adopted container and watches its host's events; after a failure,
+    /// returns the GPU slots taken for it.
+    fn record(
+        self: &Arc<Self>,
+        host: usize,
+        instance: InstanceId,
+        result: Result<Arc<Container>, ProviderError>,
+    ) -> Result<Endpoint, ProviderError> {
+        match result {
             Ok(container) => {
                 let endpoint = container.endpoint.clone();
-                self.records.lock().insert(spec.instance, container);
+                self.records.lock().insert(instance, container);
                 self.watch_events(host);
                 Ok(endpoint)
             }
             Err(err) => {
-                self.hosts[host].free(spec.instance);
+                self.hosts[host].free(instance);
                 Err(err)
             }
         }

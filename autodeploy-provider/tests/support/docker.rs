@@ -61,15 +61,8 @@ pub async fn remove_containers(docker: &Docker, test: &str) {
 
 /// The ids of every container (running or not) labelled with `test`.
 pub async fn containers(docker: &Docker, test: &str) -> Vec<String> {
-    let filters = HashMap::from([("label", vec![format!("{TEST_LABEL}={test}")])]);
-    let options = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    docker
-        .list_containers(Some(options))
+    listed(docker, test)
         .await
-        .expect("list containers")
         .into_iter()
         .filter_map(|c| c.id)
         .collect()
@@ -78,6 +71,14 @@ pub async fn containers(docker: &Docker, test: &str) -> Vec<String> {
 /// The instance ids (`autodeploy.instance` labels) of the containers labelled for `test`.
 #[allow(dead_code)] // not every test binary that includes this file uses it
 pub async fn container_instances(docker: &Docker, test: &str) -> Vec<String> {
+    listed(docker, test)
+        .await
+        .into_iter()
+        .filter_map(|c| c.labels?.get("autodeploy.instance").cloned())
+        .collect()
+}
+
+async fn listed(docker: &Docker, test: &str) -> Vec<bollard::models::ContainerSummary> {
     let filters = HashMap::from([("label", vec![format!("{TEST_LABEL}={test}")])]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)
@@ -87,9 +88,6 @@ pub async fn container_instances(docker: &Docker, test: &str) -> Vec<String> {
         .list_containers(Some(options))
         .await
         .expect("list containers")
-        .into_iter()
-        .filter_map(|c| c.labels?.get("autodeploy.instance").cloned())
-        .collect()
 }
 
 static STUB: OnceCell<String> = OnceCell::const_new();
